@@ -1,0 +1,3 @@
+from tal.cli.main import main
+
+raise SystemExit(main())
