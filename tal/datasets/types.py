@@ -52,3 +52,28 @@ class GroundingQuery:
     duration: float
     query: str
     segment: tuple[float, float]  # seconds
+
+
+@dataclass
+class LoadReport:
+    """What a loader of a native format left out or changed, counted by reason.
+
+    Loaders fill one when they are given it; `tal convert-annotations` prints it as its summary.
+    """
+
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> number of items left out
+    changed: dict[str, int] = field(default_factory=dict)  # reason -> number of items kept but altered
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + int(count)
+
+    def change(self, reason: str, count: int = 1) -> None:
+        if count:
+            self.changed[reason] = self.changed.get(reason, 0) + int(count)
+
+    def describe(self) -> str:
+        """'dropped 4 <items, why>; 1802 <items changed, how>', or 'nothing dropped or changed'."""
+        parts = [f"dropped {n} {why}" for why, n in self.dropped.items()]
+        parts += [f"{n} {why}" for why, n in self.changed.items()]
+        return "; ".join(parts) if parts else "nothing dropped or changed"
