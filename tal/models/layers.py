@@ -1,0 +1,110 @@
+"""Building blocks shared by the heads: clip resampling, temporal convs, span pooling, masked 2D convs.
+
+Shapes use B batch, C channels, T input features, N clips.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def average_to_num_clips(features: np.ndarray | torch.Tensor, num_clips: int) -> np.ndarray | torch.Tensor:
+    """Average a video's features [T, D] over `num_clips` equal spans, as 2D-TAN's datasets do.
+
+    Clip i averages features [round(i*T/n), round((i+1)*T/n)) where the boundaries are rounded half
+    to even in float32 and capped at T-1; a clip whose span is empty (T < n) repeats the feature at
+    its start. Because of the cap the last feature of the video is never averaged in unless the last
+    clip is empty: this is the official behaviour, kept so features match published checkpoints.
+    Takes and returns a numpy array or a torch tensor.
+    """
+    is_numpy = isinstance(features, np.ndarray)
+    x = torch.as_tensor(features)
+    num_features = x.shape[0]
+    if num_features == 0 or num_clips <= 0:
+        raise ValueError(f"need at least one feature and one clip, got T={num_features}, num_clips={num_clips}")
+    bounds = torch.arange(0, num_clips + 1, dtype=torch.float32) / num_clips * num_features
+    bounds = torch.round(bounds).long().clamp(max=num_features - 1)  # [n+1]
+    start, end = bounds[:-1], bounds[1:]  # [n]
+    csum = torch.cat([x.new_zeros(1, x.shape[1], dtype=torch.float64), x.double().cumsum(0)])  # [T+1, D]
+    span = (end - start).clamp(min=1).unsqueeze(1)  # [n, 1]
+    mean = (csum[end] - csum[start]) / span  # [n, D]
+    out = torch.where((end > start).unsqueeze(1), mean, x[start].double()).to(x.dtype)
+    return out.numpy() if is_numpy else out
+
+
+class TemporalConvPool(nn.Module):
+    """Conv1d + ReLU, then average pooling by `pool_stride` (2D-TAN's frame module).
+
+    [B, D, T] -> [B, C, T // pool_stride] (an odd kernel keeps T).
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 1, pool_stride: int = 1):
+        super().__init__()
+        self.conv = nn.Conv1d(in_dim, out_dim, kernel_size, padding=kernel_size // 2)
+        self.pool = nn.AvgPool1d(pool_stride, pool_stride) if pool_stride > 1 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(F.relu(self.conv(x)))
+
+
+def iter_span_max(x: torch.Tensor, max_offset: int) -> Iterator[torch.Tensor]:
+    """Max over every span of consecutive steps, one diagonal at a time.
+
+    x [B, C, N] -> for offset d = 0..max_offset, [B, C, N - d] whose entry s is max(x[..., s : s + d + 1]).
+    Built by an iterative max: O(N * max_offset) work and one diagonal in memory at a time.
+    """
+    current = x
+    yield current
+    for offset in range(1, max_offset + 1):
+        current = torch.maximum(current[..., :-1], x[..., offset:])
+        yield current
+
+
+def masked_conv_weights(mask: torch.Tensor, kernel_size: int, paddings: list[int]) -> list[torch.Tensor]:
+    """Per-layer output weights of a masked 2D conv stack (2D-TAN's MapConv re-normalisation).
+
+    For each layer, a cell's weight is 1 / (number of valid cells under its kernel), 0 where the kernel
+    sees none; the cells with a non-zero weight are the valid cells of the next layer.
+    mask [N, N] bool -> list of [1, 1, H_l, W_l] float.
+    """
+    ones = mask.new_ones(1, 1, kernel_size, kernel_size, dtype=torch.float32)
+    valid = mask.float()[None, None]
+    weights = []
+    for padding in paddings:
+        count = torch.round(F.conv2d(valid, ones, padding=padding))
+        weight = torch.where(count > 0, 1.0 / count.clamp(min=1), torch.zeros_like(count))
+        weights.append(weight)
+        valid = (count > 0).float()
+    return weights
+
+
+class MaskedMapConv(nn.Module):
+    """A stack of 2D convs over a sparse map whose output is re-weighted by the valid cells it saw.
+
+    All padding is applied by the first layer ((K-1)*L/2 on each side), the rest use none, so an
+    [N, N] map stays [N, N] after L layers; each layer is ReLU(conv(x)) * weight (see
+    `masked_conv_weights`), with the weights built once from the mask as buffers.
+    x [B, C_in, N, N] -> [B, C_out, N, N].
+    """
+
+    def __init__(self, mask: torch.Tensor, in_dim: int, hidden_dim: int, kernel_size: int, num_layers: int):
+        super().__init__()
+        total_shrink = (kernel_size - 1) * num_layers
+        if total_shrink % 2:
+            raise ValueError(f"(kernel_size - 1) * num_layers must be even, got {kernel_size=}, {num_layers=}")
+        paddings = [total_shrink // 2] + [0] * (num_layers - 1)
+        dims = [in_dim] + [hidden_dim] * num_layers
+        self.convs = nn.ModuleList(
+            nn.Conv2d(dims[i], dims[i + 1], kernel_size, padding=paddings[i]) for i in range(num_layers)
+        )
+        for i, weight in enumerate(masked_conv_weights(mask, kernel_size, paddings)):
+            self.register_buffer(f"weight_{i}", weight, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, conv in enumerate(self.convs):
+            x = F.relu(conv(x)) * getattr(self, f"weight_{i}")
+        return x

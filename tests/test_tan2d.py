@@ -1,0 +1,271 @@
+"""2D-TAN head: sparse map, span pooling, masked map convs, targets, loss, decoding, model contract."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tal.errors import TalInputError
+from tal.models.layers import MaskedMapConv, average_to_num_clips, masked_conv_weights
+from tal.models.tan2d import (
+    SparsePropConv,
+    SparsePropPool,
+    Tan2D,
+    build_tan2d,
+    decode_moments,
+    default_scale_layers,
+    iou_target_map,
+    scaled_iou_bce,
+    scaled_iou_targets,
+    sparse_map_diagonals,
+    sparse_map_mask,
+)
+from tal.models.text import Vocabulary
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: threads only add contention on a shared 2-core machine (30x slower under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SENTENCES = ["a person opens the door", "the dog runs", "someone closes a door slowly"]
+
+
+def tiny_model(**overrides) -> Tan2D:
+    cfg = {"input_dim": 6, "num_clips": 16, "hidden_dim": 8, "prop": "pool", "map_kernel": 3, "map_layers": 2,
+           "text": {"embed_dim": 5, "hidden_dim": 8, "num_layers": 1}}
+    cfg.update(overrides)
+    return build_tan2d(cfg, vocab=Vocabulary.from_sentences(SENTENCES))
+
+
+def tiny_batch(model: Tan2D, batch_size: int = 3, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    sentences = [SENTENCES[i % len(SENTENCES)] for i in range(batch_size)]
+    batch = model.prepare_text(sentences)
+    steps = model.num_clips * model.frame_stride
+    batch["features"] = torch.randn(batch_size, steps, 6, generator=gen)
+    duration_s = torch.full((batch_size,), 32.0)
+    starts = torch.randint(0, 20, (batch_size,), generator=gen).double()
+    segments = torch.stack([starts, starts + 4 + torch.randint(0, 8, (batch_size,), generator=gen)], dim=1)
+    batch["iou_targets"] = iou_target_map(segments, duration_s, model.num_clips)
+    batch["duration"] = duration_s
+    return batch
+
+
+# ---------------------------------------------------------------- sparse map
+@pytest.mark.parametrize("num_clips, num_valid, layers", [(16, 136, [16]), (64, 1104, [16, 8, 8]),
+                                                          (128, 2548, [16, 8, 8, 8])])
+def test_sparse_map_cell_counts_match_2dtan(num_clips, num_valid, layers):
+    assert default_scale_layers(num_clips) == layers  # the official NUM_SCALE_LAYERS
+    assert int(sparse_map_mask(num_clips).sum()) == num_valid
+
+
+@pytest.mark.parametrize("num_clips, longest", [(4, 4), (16, 16), (24, 24), (64, 64), (100, 96), (128, 128)])
+def test_sparse_map_has_no_cell_ending_before_it_starts(num_clips, longest):
+    mask = sparse_map_mask(num_clips)
+    assert not mask.tril(-1).any()
+    assert mask.diagonal().all()  # every single clip
+    starts, ends = mask.nonzero(as_tuple=True)
+    assert int((ends - starts).max()) + 1 == longest  # the whole video, unless N is off the 2D-TAN grid
+
+
+def test_sparse_map_scale_rule_by_hand():
+    mask = sparse_map_mask(64)
+    assert mask[5, 5 + 15] and mask[48, 63]  # up to 16 clips long: every start
+    assert not mask[0, 16]  # 17 clips: no layer makes it
+    assert mask[0, 17] and not mask[1, 18] and mask[2, 19]  # 18 clips: even starts (stride 2)
+    assert mask[4, 39] and not mask[2, 37]  # 36 clips: starts on multiples of 4
+    assert [(d.stride, d.offset) for d in sparse_map_diagonals(64, [16, 8, 8])[15:18]] == [(1, 15), (2, 17), (2, 19)]
+
+
+def test_scale_layers_that_overrun_the_video_are_refused():
+    with pytest.raises(TalInputError, match=r"model.scale_layers=\[16, 8\] reach moments longer than num_clips=24"):
+        sparse_map_mask(24, [16, 8])
+
+
+# ---------------------------------------------------------------- proposal maps
+@pytest.mark.parametrize("num_clips", [16, 24, 64])
+def test_pool_map_is_the_max_over_each_valid_span(num_clips):
+    x = torch.randn(2, 3, num_clips)
+    mask = sparse_map_mask(num_clips)
+    got = SparsePropPool(num_clips, sparse_map_diagonals(num_clips, default_scale_layers(num_clips)))(x)
+    expected = torch.zeros(2, 3, num_clips, num_clips)
+    for i, j in mask.nonzero().tolist():
+        expected[..., i, j] = x[..., i: j + 1].max(dim=-1).values
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("num_clips", [16, 64])
+def test_conv_map_shapes_and_cells(num_clips):
+    layers = default_scale_layers(num_clips)
+    prop = SparsePropConv(num_clips, sparse_map_diagonals(num_clips, layers), layers, dim=4)
+    assert len(prop.layers) == sum(layers)
+    x = torch.randn(2, 4, num_clips)
+    out = prop(x)
+    assert out.shape == (2, 4, num_clips, num_clips)
+    assert torch.equal(out.ne(0).any(dim=(0, 1)), sparse_map_mask(num_clips))
+    first = prop.layers[0]  # 1x1 conv: cell (i, i) is the conv of clip i
+    assert torch.allclose(out.diagonal(dim1=2, dim2=3), first(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------- masked map conv
+def test_masked_conv_weights_are_inverse_valid_counts():
+    mask = torch.ones(3, 3, dtype=torch.bool).triu()  # 6 valid cells
+    (weight,) = masked_conv_weights(mask, kernel_size=3, paddings=[1])
+    # valid cells under each 3x3 window, e.g. (0,0): (0,0) (0,1) (1,1); (0,2): (0,1) (0,2) (1,1) (1,2)
+    expected_counts = torch.tensor([[3, 5, 4], [3, 6, 5], [1, 3, 3]], dtype=torch.float32)
+    assert torch.allclose(weight[0, 0], 1 / expected_counts)
+
+
+@pytest.mark.parametrize("kernel, layers", [(5, 8), (9, 4)])
+def test_map_conv_keeps_the_map_size(kernel, layers):
+    mask = sparse_map_mask(16)
+    conv = MaskedMapConv(mask, 4, 6, kernel, layers)
+    assert conv.convs[0].padding == ((kernel - 1) * layers // 2,) * 2 == (16, 16)
+    assert conv(torch.randn(2, 4, 16, 16)).shape == (2, 6, 16, 16)
+
+
+# ---------------------------------------------------------------- targets and loss
+def test_iou_target_map_by_hand():
+    # N = 4 clips of 2 s; the ground truth [2, 6] s spans clips 1..2
+    iou = iou_target_map(torch.tensor([[2.0, 6.0]]), torch.tensor([8.0]), 4)[0]
+    third = 1 / 3
+    expected = torch.tensor([[0.0, third, 2 / 3, 0.5],
+                             [0.0, 0.5, 1.0, 2 / 3],
+                             [0.0, 0.0, 0.5, third],
+                             [0.0, 0.0, 0.0, 0.0]])
+    assert torch.allclose(iou, expected, atol=1e-6)
+    charades = scaled_iou_targets(iou, 0.5, 1.0)
+    assert torch.allclose(charades, torch.tensor([[0.0, 0.0, third, 0.0], [0.0, 0.0, 1.0, third],
+                                                  [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]), atol=1e-6)
+    tacos = scaled_iou_targets(iou, 0.3, 0.7)  # (iou - 0.3) / 0.4, clipped
+    a, b = (third - 0.3) / 0.4, (2 / 3 - 0.3) / 0.4
+    assert torch.allclose(tacos, torch.tensor([[0.0, a, b, 0.5], [0.0, 0.5, 1.0, b],
+                                               [0.0, 0.0, 0.5, a], [0.0, 0.0, 0.0, 0.0]]), atol=1e-6)
+
+
+def test_bce_is_averaged_over_valid_cells_only():
+    iou = iou_target_map(torch.tensor([[2.0, 6.0]]), torch.tensor([8.0]), 4)
+    mask = torch.ones(4, 4, dtype=torch.bool).triu()
+    logits = torch.full((1, 4, 4), 2.0)
+    logits[0, 3, 0] = -50.0  # below the diagonal: ignored
+    target = scaled_iou_targets(iou, 0.5, 1.0)[0][mask]  # 10 cells: 1, 1/3, 1/3, zeros
+    per_cell = target * math.log(1 + math.exp(-2.0)) + (1 - target) * math.log(1 + math.exp(2.0))
+    assert scaled_iou_bce(logits, iou, mask, 0.5, 1.0).item() == pytest.approx(per_cell.mean().item(), rel=1e-6)
+
+
+def test_loss_goes_down_on_a_tiny_batch():
+    torch.manual_seed(0)
+    model = tiny_model()
+    batch = tiny_batch(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = model(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---------------------------------------------------------------- model contract
+@pytest.mark.parametrize("prop", ["pool", "conv"])
+@pytest.mark.parametrize("kernel, layers", [(5, 8), (9, 4)])
+def test_model_outputs_for_both_variants_and_map_convs(prop, kernel, layers):
+    model = tiny_model(prop=prop, map_kernel=kernel, map_layers=layers, frame_stride=2)
+    batch = tiny_batch(model, batch_size=2)
+    out = model(batch)
+    assert set(out) == {"loss", "loss_bce"} and out["loss"].shape == () and torch.isfinite(out["loss"])
+    scores = model.predict(batch)
+    assert scores.shape == (2, 16, 16) and not scores.requires_grad
+    assert torch.all(scores[:, ~model.mask] == 0)
+    assert torch.all((scores[:, model.mask] > 0) & (scores[:, model.mask] < 1))
+    moments = model.decode(scores, batch["duration"], nms_threshold=0.5, top_k=5)
+    assert [len(m) for m in moments] == [5, 5]
+    assert all(0 <= s < e <= 32.0 for m in moments for s, e, _ in m)
+
+
+def test_model_at_64_clips_uses_the_sparse_map():
+    model = tiny_model(num_clips=64, prop="conv", map_kernel=9, map_layers=4)
+    assert int(model.mask.sum()) == 1104 and len(model.prop.layers) == 32
+    assert model.predict(tiny_batch(model, batch_size=1)).shape == (1, 64, 64)
+
+
+def test_word_vectors_and_token_ids_give_the_same_scores():
+    model = tiny_model().eval()
+    batch = tiny_batch(model)
+    as_vectors = dict(batch, words=model.text.embedding(batch["words"]))
+    assert torch.allclose(model.predict(batch), model.predict(as_vectors), atol=1e-6)
+
+
+def test_checkpoint_restores_the_vocabulary():
+    model = tiny_model().eval()
+    batch = tiny_batch(model)
+    cfg = {"input_dim": 6, "num_clips": 16, "hidden_dim": 8, "map_kernel": 3, "map_layers": 2,
+           "text": {"embed_dim": 5, "hidden_dim": 8, "num_layers": 1, "vocab": len(model.text.vocab)}}
+    reloaded = build_tan2d(cfg).eval()
+    reloaded.load_state_dict(model.state_dict())
+    assert reloaded.text.vocab.tokens == model.text.vocab.tokens
+    fresh = dict(batch, **reloaded.prepare_text([SENTENCES[i % 3] for i in range(3)]))
+    assert torch.equal(model.predict(batch), reloaded.predict(fresh))
+
+
+def test_feature_length_is_checked():
+    model = tiny_model(frame_stride=4)
+    batch = tiny_batch(model)
+    batch["features"] = batch["features"][:, :60]
+    with pytest.raises(ValueError, match=r"features have 60 steps, 2D-TAN expects num_clips \* frame_stride = 64"):
+        model(batch)
+
+
+def test_unknown_config_keys_are_refused():
+    with pytest.raises(TalInputError, match=r"unknown model key\(s\) for 2dtan \['kernel'\]"):
+        build_tan2d({"input_dim": 4, "kernel": 5})
+    with pytest.raises(TalInputError, match=r"unknown model.loss key\(s\) \['min'\]"):
+        build_tan2d({"input_dim": 4, "loss": {"min": 0.3}})
+    with pytest.raises(TalInputError, match="model.prop must be 'pool' or 'conv', got 'avg'"):
+        build_tan2d({"input_dim": 4, "prop": "avg"})
+
+
+# ---------------------------------------------------------------- decoding
+def test_decode_moments_by_hand():
+    # N = 4 clips; query 0 lasts 8 s (2 s a clip), query 1 lasts 4 s
+    scores = torch.full((2, 4, 4), 0.05)
+    scores[0, 1, 2] = 0.9  # [2, 6] s
+    scores[0, 1, 3] = 0.8  # [2, 8]: IoU 4/6 with [2, 6] -> suppressed
+    scores[0, 0, 0] = 0.7  # [0, 2]
+    scores[0, 1, 1] = 0.65  # [2, 4]: IoU exactly 0.5 with [2, 6] -> kept (only > threshold is suppressed)
+    scores[0, 3, 0] = 0.99  # end before start: never a candidate
+    scores[1, 3, 3] = 0.5  # [3, 4] s
+    moments = decode_moments(scores, torch.tensor([8.0, 4.0]), nms_threshold=0.5, top_k=3)
+    assert moments[0] == [pytest.approx((2.0, 6.0, 0.9)), pytest.approx((0.0, 2.0, 0.7)),
+                          pytest.approx((2.0, 4.0, 0.65))]
+    assert moments[1][0] == pytest.approx((3.0, 4.0, 0.5))
+    assert len(moments[1]) == 3
+
+
+def test_decode_without_top_k_keeps_every_survivor_and_honours_the_mask():
+    scores = torch.rand(1, 4, 4)
+    everything = decode_moments(scores, [4.0], nms_threshold=1.0, top_k=None)
+    assert len(everything[0]) == 10  # all cells with start <= end, nothing suppressed at threshold 1
+    assert [m[2] for m in everything[0]] == sorted((m[2] for m in everything[0]), reverse=True)
+    diagonal = decode_moments(scores, [4.0], nms_threshold=1.0, top_k=None, valid_mask=torch.eye(4, dtype=torch.bool))
+    assert sorted((s, e) for s, e, _ in diagonal[0]) == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+
+
+# ---------------------------------------------------------------- clip averaging
+def test_average_to_num_clips_follows_2dtan():
+    x = np.arange(10, dtype=np.float32)[:, None] * np.array([[1.0, -1.0]], dtype=np.float32)  # [10, 2]
+    out = average_to_num_clips(x, 5)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    # spans [0,2) [2,4) [4,6) [6,8) [8,9): the last boundary is capped at T-1, so feature 9 is left out
+    assert np.allclose(out[:, 0], [0.5, 2.5, 4.5, 6.5, 8.0])
+    # bounds round(0, .75, 1.5, 2.25, 3) -> 0 1 2 2 2: clips [0,1) [1,2), then empty spans repeat feature 2
+    short = average_to_num_clips(torch.tensor([[1.0], [2.0], [4.0]]), 4)
+    assert torch.equal(short[:, 0], torch.tensor([1.0, 2.0, 4.0, 4.0]))
