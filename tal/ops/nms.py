@@ -1,0 +1,471 @@
+"""Temporal non-maximum suppression: hard and soft (linear, gaussian), per class, with score voting.
+
+Everything runs in torch on the input's device, vectorized; nothing is compiled and nothing leaves
+the device on the hot path. Conventions, shared by every function here:
+
+- Ranking is by score, highest first; equal scores rank by input index (the earlier one wins).
+- A segment suppresses (hard) or decays (soft-linear) another when their tIoU is *above*
+  `iou_threshold` (torchvision's and 2D-TAN's rule; ActionFormer's and OpenTAD's C++ kernels use >=,
+  which differs only at exact equality). Gaussian decay multiplies by exp(-tIoU^2 / sigma) whatever
+  the overlap, as in Bodla et al. and ActionFormer.
+- `score_threshold` drops scores below it: the input scores before NMS, and decayed scores after
+  each soft-NMS step. `max_detections` caps the output per video (over all classes).
+- Per-class NMS never compares segments of different labels. tIoU is `tal.ops.segments.tiou`, so a
+  zero-length segment overlaps nothing (tIoU 0, never NaN).
+
+Hard NMS never builds the N x N tIoU matrix. Candidates are taken in rank order, a block at a time
+(blocks double in size; a block is halved while its candidates overlap in more than PAIR_BUDGET
+pairs, so memory stays bounded on dense clusters). A block is first checked against the segments
+kept so far, then its survivors are decided among themselves. Both steps see only overlapping
+same-class pairs, found by a 1D sweep: sorted by (class, start) (the coordinate-offset trick, with
+exact class boundaries), the segments starting inside a segment are one run, bounded with
+`searchsorted`. So the work is O(N log N + overlapping pairs). Inside a block the greedy decisions
+are made in rounds: a candidate is kept once every higher-ranked neighbour is decided and none of
+them was kept. That is exactly the sequential greedy loop, in as many rounds as the longest chain
+of suppressions (a handful on detector output; N / 2 for sliding windows with falling scores).
+
+Soft NMS is sequential in its selections: each step takes one argmax per class (all classes at
+once, one row each) and decays that class's remaining scores in one vectorized update. The steps
+stop as soon as `max_detections` selections are certain to outrank everything still waiting, so a
+cap makes it fast; without one it runs as many steps as the largest class has candidates.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from tal.ops.segments import tiou
+
+METHODS = ("hard", "soft-linear", "soft-gaussian", "none")
+SOFT_METHODS = ("linear", "gaussian")
+DEFAULT_BLOCK_SIZE = 1024  # candidates in the first block of hard NMS; each next block is twice as big
+PAIR_BUDGET = 1_000_000  # most overlapping pairs hard NMS decides at once (about 100 bytes each at peak)
+
+
+def nms(segments: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float | None = None,
+        max_detections: int | None = None) -> Tensor:
+    """Class-agnostic hard NMS: segments [N, 2] (start, end), scores [N] -> kept indices [K], best first."""
+    return batched_nms(segments, scores, None, iou_threshold, score_threshold, max_detections)
+
+
+def batched_nms(segments: Tensor, scores: Tensor, labels: Tensor | None, iou_threshold: float,
+                score_threshold: float | None = None, max_detections: int | None = None,
+                block_size: int = DEFAULT_BLOCK_SIZE) -> Tensor:
+    """Per-class hard NMS in one pass: labels [N] integers (None: one class) -> kept indices [K], best first.
+
+    A segment is dropped when a higher-ranked segment of its label that was kept overlaps it with
+    tIoU > iou_threshold. `block_size` is the number of candidates decided together at first (each
+    next block doubles); it trades memory for speed and never changes the result.
+    """
+    segments, scores, groups = _validate(segments, scores, labels, "batched_nms")
+    _check_threshold(iou_threshold, "iou_threshold")
+    _check_count(max_detections, "max_detections")
+    _check_count(block_size, "block_size")
+    order = _prefilter(scores, score_threshold, None)  # [N'] rank order
+    return _hard_nms(segments, groups, order, iou_threshold, max_detections, block_size)
+
+
+def soft_nms(segments: Tensor, scores: Tensor, labels: Tensor | None = None, method: str = "gaussian",
+             iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
+             max_detections: int | None = None) -> tuple[Tensor, Tensor]:
+    """Soft NMS ("linear" or "gaussian"), per class when labels [N] are given.
+
+    Returns the kept indices [K] and their decayed scores [K], highest first (the kept segments are
+    segments[keep]). Linear decay multiplies by 1 - tIoU when tIoU > iou_threshold; gaussian by
+    exp(-tIoU^2 / sigma). Without a score_threshold every segment is kept, with a decayed score.
+    """
+    segments, scores, groups = _validate(segments, scores, labels, "soft_nms")
+    _check_soft(method, iou_threshold, sigma)
+    _check_count(max_detections, "max_detections")
+    order = _prefilter(scores, score_threshold, None)
+    return _soft_nms(segments, scores, groups, order, method, iou_threshold, sigma, score_threshold, max_detections)
+
+
+def score_voting(segments: Tensor, scores: Tensor, labels: Tensor | None, keep: Tensor,
+                 voting_threshold: float) -> Tensor:
+    """Refined boundaries [K, 2] for the kept segments segments[keep] (ActionFormer's `seg_voting`).
+
+    Each kept segment becomes the score-weighted mean of every segment (itself included) of its label
+    whose tIoU with it is >= voting_threshold; the weights are the input scores, before any decay.
+    Labels None: all segments vote. A segment nothing votes for (zero length) keeps its boundaries.
+    """
+    segments, scores, groups = _validate(segments, scores, labels, "score_voting")
+    _check_voting(voting_threshold, scores)
+    return _vote(segments, scores, groups, keep, torch.arange(len(scores), device=scores.device), voting_threshold)
+
+
+def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | None = None, method: str = "hard",
+                           iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
+                           pre_nms_top_k: int | None = None, max_detections: int | None = None,
+                           class_agnostic: bool = False, voting_threshold: float | None = None,
+                           ) -> tuple[Tensor, Tensor, Tensor]:
+    """One video's raw detections -> (segments [K, 2], scores [K], labels [K]), highest score first.
+
+    segments [N, 2] (start_s, end_s), scores [N], labels [N] integers (None: proposals, one class).
+    Steps: drop scores < score_threshold; keep the pre_nms_top_k best; NMS by `method` ("hard",
+    "soft-linear", "soft-gaussian" or "none"), per label unless class_agnostic; optionally replace
+    each kept segment by the score-weighted mean of its neighbours with tIoU >= voting_threshold
+    (candidates after the first two steps vote, with their input scores); keep the max_detections best.
+    Soft methods return decayed scores; the others the input scores.
+    """
+    segments, scores, groups = _validate(segments, scores, labels, "postprocess_detections")
+    if method not in METHODS:
+        raise ValueError(f"postprocess_detections: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if method == "hard":
+        _check_threshold(iou_threshold, "iou_threshold")
+    elif method != "none":
+        _check_soft(method.removeprefix("soft-"), iou_threshold, sigma)
+    if voting_threshold is not None:
+        _check_voting(voting_threshold, scores)
+    _check_count(pre_nms_top_k, "pre_nms_top_k")
+    _check_count(max_detections, "max_detections")
+    if labels is None:
+        labels = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+    if class_agnostic:
+        groups = torch.zeros_like(groups)
+
+    order = _prefilter(scores, score_threshold, pre_nms_top_k)  # [N'] candidates in rank order
+    if method == "hard":
+        keep = _hard_nms(segments, groups, order, iou_threshold, max_detections, DEFAULT_BLOCK_SIZE)
+        kept_scores = scores[keep]
+    elif method == "none":
+        keep = order if max_detections is None else order[:max_detections]
+        kept_scores = scores[keep]
+    else:
+        keep, kept_scores = _soft_nms(segments, scores, groups, order, method.removeprefix("soft-"),
+                                      iou_threshold, sigma, score_threshold, max_detections)
+    kept_segments = segments[keep]
+    if voting_threshold is not None:
+        kept_segments = _vote(segments, scores, groups, keep, order, voting_threshold)
+    return kept_segments, kept_scores, labels[keep]
+
+
+# ---------------------------------------------------------------------------------------------------
+# checks
+
+
+def _validate(segments: Tensor, scores: Tensor, labels: Tensor | None, caller: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Shapes, finiteness and end >= start; returns segments and scores as floats and the group id of each."""
+    if not isinstance(segments, Tensor) or not isinstance(scores, Tensor):
+        raise TypeError(f"{caller}: segments and scores must be torch tensors, got "
+                        f"{type(segments).__name__} and {type(scores).__name__}")
+    if segments.dim() != 2 or segments.shape[1] != 2:
+        raise ValueError(f"{caller}: segments must have shape [N, 2] (start, end), got {list(segments.shape)}")
+    if scores.shape != segments.shape[:1]:
+        raise ValueError(f"{caller}: scores must have shape [{segments.shape[0]}] (one per segment), "
+                         f"got {list(scores.shape)}")
+    if not segments.is_floating_point() or segments.dtype in (torch.float16, torch.bfloat16):
+        segments = segments.float()
+    if not scores.is_floating_point() or scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
+    bad = ~torch.isfinite(scores)  # [N]
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        kind = "NaN" if math.isnan(float(scores[first])) else "an infinite value"
+        raise ValueError(f"{caller}: scores contain {kind} at index {first} ({int(bad.sum())} of {len(scores)} "
+                         f"not finite); drop or fix those detections before NMS")
+    bad = ~torch.isfinite(segments).all(dim=1)  # [N]
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{caller}: segment {first} is not finite ({segments[first].tolist()}); "
+                         f"{int(bad.sum())} of {len(segments)} segments have NaN or infinite boundaries")
+    bad = segments[:, 1] < segments[:, 0]  # [N]
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{caller}: segment {first} ends before it starts ({segments[first].tolist()}); "
+                         f"{int(bad.sum())} of {len(segments)} segments have end < start, "
+                         f"segments must be [start, end] with end >= start")
+    if labels is None:
+        return segments, scores, torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+    if labels.shape != scores.shape:
+        raise ValueError(f"{caller}: labels must have shape [{len(scores)}] (one per segment), "
+                         f"got {list(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex():
+        raise ValueError(f"{caller}: labels must be integers (class indices), got {labels.dtype}")
+    return segments, scores, labels.long()
+
+
+def _check_threshold(value: float, name: str) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+
+
+def _check_soft(method: str, iou_threshold: float, sigma: float) -> None:
+    if method not in SOFT_METHODS:
+        raise ValueError(f"soft NMS method must be 'linear' or 'gaussian', got {method!r}")
+    _check_threshold(iou_threshold, "iou_threshold")
+    if method == "gaussian" and not sigma > 0:
+        raise ValueError(f"sigma must be > 0 for gaussian soft NMS, got {sigma}")
+
+
+def _check_voting(voting_threshold: float, scores: Tensor) -> None:
+    if not 0.0 < voting_threshold <= 1.0:
+        raise ValueError(f"voting_threshold must be in (0, 1], got {voting_threshold}")
+    if len(scores) and bool((scores < 0).any()):
+        first = int((scores < 0).nonzero()[0, 0])
+        raise ValueError(f"score voting weights segments by score, so scores must be >= 0; "
+                         f"score {first} is {float(scores[first])}")
+
+
+def _check_count(value: int | None, name: str) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1 or None, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# ranking and pairs
+
+
+def _prefilter(scores: Tensor, score_threshold: float | None, top_k: int | None) -> Tensor:
+    """Indices of the candidates in rank order (score descending, then index): [N']."""
+    order = torch.sort(scores, descending=True, stable=True).indices  # [N]
+    if score_threshold is not None:
+        order = order[scores[order] >= score_threshold]
+    return order if top_k is None else order[:top_k]
+
+
+def _frame(segments: Tensor, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Origin, span (float64) and lowest group of a set of segments, for `_sweep_key`."""
+    origin = segments[:, 0].min().double()
+    return origin, segments[:, 1].max().double() - origin + 1.0, groups.min()
+
+
+def _sweep_key(frame: tuple[Tensor, Tensor, Tensor], groups: Tensor, times_s: Tensor) -> Tensor:
+    """float64 key (group - lowest) * span + (time - origin): non-decreasing in (group, time) order.
+
+    Rounding is monotone, so a run found with `searchsorted` on these keys can only be wider than
+    the exact one; group runs are clipped exactly with a second `searchsorted` on the integer groups.
+    """
+    origin, span, lowest = frame
+    return (groups - lowest).double() * span + (times_s.double() - origin)
+
+
+def _group_start_order(segments: Tensor, groups: Tensor) -> Tensor:
+    """Indices [N] sorting by group, then start."""
+    order = torch.sort(segments[:, 0], stable=True).indices
+    return order[torch.sort(groups[order], stable=True).indices]
+
+
+def _ragged(first: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Expand runs: for each i, positions first[i] .. first[i] + count[i] - 1 -> (owner [E], position [E])."""
+    owner = torch.repeat_interleave(torch.arange(len(count), device=count.device), count)  # [E]
+    shift = torch.repeat_interleave(first - (torch.cumsum(count, 0) - count), count)  # [E]
+    return owner, shift + torch.arange(len(owner), device=count.device)
+
+
+def _overlap_runs(segments: Tensor, groups: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted by (group, start), the partners of each segment that start at or after it and inside it
+    are the run of positions that follows it: order [N] and run lengths [N] (in that order).
+
+    A few same-group pairs that only touch may be counted too (rounding can only widen the runs).
+    """
+    if not len(segments):
+        empty = torch.zeros(0, dtype=torch.long, device=segments.device)
+        return empty, empty
+    frame = _frame(segments, groups)
+    order = _group_start_order(segments, groups)  # [N]
+    group, start, end = groups[order], segments[order, 0], segments[order, 1]
+    key = _sweep_key(frame, group, start)  # [N] non-decreasing
+    last = torch.minimum(torch.searchsorted(key, _sweep_key(frame, group, end), side="right"),
+                         torch.searchsorted(group, group, side="right"))  # [N] exclusive end of the run
+    return order, (last - torch.arange(len(order), device=order.device) - 1).clamp(min=0)
+
+
+def _overlapping_pairs(order: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """Each unordered same-group pair {i, j} that overlaps by more than zero, once, from `_overlap_runs`:
+    ([E], [E]); callers filter by tIoU (which also drops the pairs that only touch)."""
+    p, q = _ragged(torch.arange(1, len(order) + 1, device=order.device), count)  # [E] sorted positions
+    return order[p], order[q]
+
+
+def _cross_pairs(a: Tensor, a_group: Tensor, b: Tensor, b_group: Tensor) -> tuple[Tensor, Tensor]:
+    """Every pair (i, j) with a[i], b[j] in the same group and a positive overlap, exactly once: ([E], [E])."""
+    if not len(a) or not len(b):
+        empty = torch.zeros(0, dtype=torch.long, device=a.device)
+        return empty, empty
+    frame = _frame(torch.cat([a, b]), torch.cat([a_group, b_group]))
+    i1, j1 = _starts_inside(frame, a, a_group, b, b_group, strict=False)  # b starts in [start_a, end_a)
+    j2, i2 = _starts_inside(frame, b, b_group, a, a_group, strict=True)  # a starts in (start_b, end_b)
+    return torch.cat([i1, i2]), torch.cat([j1, j2])
+
+
+def _starts_inside(frame: tuple[Tensor, Tensor, Tensor], x: Tensor, x_group: Tensor, y: Tensor, y_group: Tensor,
+                   strict: bool) -> tuple[Tensor, Tensor]:
+    """Pairs (i, j), same group, with y[j] starting inside x[i]: start_x <= start_y < end_x (< with strict)."""
+    order = _group_start_order(y, y_group)  # [M]
+    group = y_group[order]
+    key = _sweep_key(frame, group, y[order, 0])  # [M] non-decreasing
+    first = torch.maximum(torch.searchsorted(key, _sweep_key(frame, x_group, x[:, 0]), side="left"),
+                          torch.searchsorted(group, x_group, side="left"))  # [N]
+    last = torch.minimum(torch.searchsorted(key, _sweep_key(frame, x_group, x[:, 1]), side="right"),
+                         torch.searchsorted(group, x_group, side="right"))  # [N]
+    i, position = _ragged(first, (last - first).clamp(min=0))  # [E]
+    j = order[position]
+    after = y[j, 0] > x[i, 0] if strict else y[j, 0] >= x[i, 0]
+    exact = after & (y[j, 0] < x[i, 1])  # [E]
+    return i[exact], j[exact]
+
+
+# ---------------------------------------------------------------------------------------------------
+# hard NMS
+
+
+def _greedy_rounds(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
+    """Greedy NMS decisions on a suppression graph: which of num_nodes nodes (rank order) are kept [n] bool.
+
+    src -> dst edges (src ranked higher) mean "src suppresses dst if src is kept". Each round keeps
+    every undecided node with no undecided predecessor, then drops the nodes they suppress; the
+    first undecided node always qualifies, so this ends, and it decides as the sequential loop does.
+    """
+    device = src.device
+    kept = torch.zeros(num_nodes, dtype=torch.bool, device=device)
+    undecided = torch.ones(num_nodes, dtype=torch.bool, device=device)
+    while True:
+        waiting = torch.zeros(num_nodes, dtype=torch.int32, device=device).index_add_(
+            0, dst, torch.ones_like(dst, dtype=torch.int32))  # [n] undecided predecessors
+        accept = undecided & (waiting == 0)
+        kept |= accept
+        undecided &= ~accept
+        hit = torch.zeros(num_nodes, dtype=torch.int32, device=device).index_add_(0, dst, accept[src].int())
+        undecided &= hit == 0
+        live = undecided[src] & undecided[dst]  # [E] edges that can still matter
+        src, dst = src[live], dst[live]
+        if not bool(undecided.any()):
+            return kept
+
+
+def _hard_nms(segments: Tensor, groups: Tensor, order: Tensor, iou_threshold: float,
+              max_detections: int | None, block_size: int) -> Tensor:
+    """Greedy NMS of the candidates `order` (rank order) within groups -> kept indices [K] in rank order.
+
+    A block of candidates is first checked against everything kept before it (cross pairs), then
+    the survivors are decided among themselves; both steps only look at overlapping pairs. Blocks
+    double in size, but a block whose survivors overlap in more than PAIR_BUDGET pairs is halved
+    (its lower-ranked half waits for the next block), so memory stays bounded on dense clusters.
+    """
+    kept = order[:0]  # [K] kept so far, rank order
+    waiting = order  # [W] undecided, rank order
+    while len(waiting):
+        block, waiting = waiting[:block_size], waiting[block_size:]  # [B] rank order
+        block_size *= 2
+        if len(kept):
+            i, j = _cross_pairs(segments[kept], groups[kept], segments[block], groups[block])  # [E]
+            hit = tiou(segments[kept[i]], segments[block[j]]) > iou_threshold  # [E]
+            suppressed = torch.zeros(len(block), dtype=torch.bool, device=block.device)
+            suppressed[j[hit]] = True
+            block = block[~suppressed]
+        sorted_block, count = _overlap_runs(segments[block], groups[block])
+        while len(block) > 1 and int(count.sum()) > PAIR_BUDGET:
+            half = len(block) // 2
+            block, waiting = block[:half], torch.cat([block[half:], waiting])
+            block_size = max(half, 1)
+            sorted_block, count = _overlap_runs(segments[block], groups[block])
+        p, q = _overlapping_pairs(sorted_block, count)  # [E] block positions
+        src, dst = torch.minimum(p, q), torch.maximum(p, q)  # higher rank first
+        edge = tiou(segments[block[src]], segments[block[dst]]) > iou_threshold  # [E]
+        kept = torch.cat([kept, block[_greedy_rounds(len(block), src[edge], dst[edge])]])
+        if max_detections is not None and len(kept) >= max_detections:
+            break
+    return kept if max_detections is None else kept[:max_detections]
+
+
+# ---------------------------------------------------------------------------------------------------
+# soft NMS
+
+
+def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, method: str,
+              iou_threshold: float, sigma: float, score_threshold: float | None,
+              max_detections: int | None) -> tuple[Tensor, Tensor]:
+    """Soft NMS of the candidates `order` within groups -> (kept indices [K], decayed scores [K]), best first."""
+    device = scores.device
+    if not len(order):
+        return order, scores[:0]
+    # one row per group, candidates by input index so that argmax ties pick the earliest input
+    index = order.sort().values  # [N']
+    _, dense = torch.unique(groups[index], return_inverse=True)  # [N'] row of each candidate
+    by_row = torch.sort(dense, stable=True).indices
+    index, dense = index[by_row], dense[by_row]
+    rows = int(dense.max()) + 1
+    row_size = torch.bincount(dense, minlength=rows)  # [G]
+    col = torch.arange(len(index), device=device) - (torch.cumsum(row_size, 0) - row_size)[dense]  # [N']
+    width = int(row_size.max())
+    member = torch.full((rows, width), -1, dtype=torch.long, device=device)  # [G, M] input index, -1 pad
+    member[dense, col] = index
+    start = torch.zeros(rows, width, dtype=segments.dtype, device=device)  # [G, M]
+    start[dense, col] = segments[index, 0]
+    end = torch.zeros_like(start)  # [G, M]
+    end[dense, col] = segments[index, 1]
+    length = end - start  # [G, M]
+    current = torch.full((rows, width), -math.inf, dtype=scores.dtype, device=device)  # [G, M], -inf: gone
+    current[dense, col] = scores[index]
+    gone = current == -math.inf  # [G, M] picked, dropped or padding
+
+    steps = width if max_detections is None else min(width, max_detections)
+    picked = torch.full((steps, rows), -1, dtype=torch.long, device=device)  # [S, G] input index
+    picked_score = torch.full((steps, rows), -math.inf, dtype=scores.dtype, device=device)  # [S, G]
+    row_ids = torch.arange(rows, device=device)
+    for step in range(steps):
+        best, col = current.max(dim=1)  # [G] first maximum = earliest input among ties
+        active = best > -math.inf  # [G]
+        if not bool(active.any()):
+            break
+        picked[step] = member[row_ids, col].masked_fill_(~active, -1)
+        picked_score[step] = best
+        gone[row_ids, col] = True
+        overlap = _tiou_with_pick(start, end, length, col)  # [G, M]
+        if method == "linear":
+            weight = torch.where(overlap > iou_threshold, 1.0 - overlap, 1.0)
+        else:
+            weight = overlap.square_().mul_(-1.0 / sigma).exp_()
+        current.mul_(weight)
+        if score_threshold is not None:
+            gone |= current < score_threshold
+        current.masked_fill_(gone, -math.inf)  # also clears -inf * 0 = NaN
+        if max_detections is not None and rows > 1:
+            # later picks score <= anything still waiting, so stop once enough picks beat all of it
+            if int((picked_score[:step + 1] > current.max()).sum()) >= max_detections:
+                break
+    found = picked >= 0
+    keep, kept_scores = picked[found], picked_score[found]  # [K]
+    by_index = keep.sort().indices
+    keep, kept_scores = keep[by_index], kept_scores[by_index]
+    best_first = torch.sort(kept_scores, descending=True, stable=True).indices
+    if max_detections is not None:
+        best_first = best_first[:max_detections]
+    return keep[best_first], kept_scores[best_first]
+
+
+def _tiou_with_pick(start: Tensor, end: Tensor, length: Tensor, col: Tensor) -> Tensor:
+    """tIoU of every segment of a row with the row's pick at `col`: [G, M] x [G] -> [G, M].
+
+    The arithmetic of `tal.ops.segments.tiou`, operation for operation (so bit-identical, 0 where the
+    union is 0), on cached start/end/length planes: the soft-NMS step runs it once per selection.
+    """
+    row_ids = torch.arange(len(col), device=col.device)
+    pick_start, pick_end = start[row_ids, col][:, None], end[row_ids, col][:, None]  # [G, 1]
+    inter = (torch.minimum(end, pick_end) - torch.maximum(start, pick_start)).clamp_(min=0)  # [G, M]
+    union = (pick_end - pick_start) + length - inter  # [G, M]
+    return inter.div_(union.masked_fill_(union == 0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# voting
+
+
+def _vote(segments: Tensor, scores: Tensor, groups: Tensor, keep: Tensor, voters: Tensor,
+          voting_threshold: float) -> Tensor:
+    """Score-weighted mean of the voters (indices) of each kept segment's group with tIoU >= threshold: [K, 2]."""
+    if not len(keep):
+        return segments[keep]
+    k, v = _cross_pairs(segments[keep], groups[keep], segments[voters], groups[voters])  # [E]
+    v = voters[v]
+    close = tiou(segments[keep[k]], segments[v]) >= voting_threshold  # [E]
+    k, v = k[close], v[close]
+    weight = scores[v].to(segments.dtype)  # [E]
+    total = torch.zeros(len(keep), dtype=segments.dtype, device=segments.device).index_add_(0, k, weight)  # [K]
+    mean = torch.zeros(len(keep), 2, dtype=segments.dtype, device=segments.device).index_add_(
+        0, k, weight[:, None] * segments[v])  # [K, 2]
+    voted = total > 0
+    return torch.where(voted[:, None], mean / torch.where(voted, total, 1.0)[:, None], segments[keep])

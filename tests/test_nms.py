@@ -1,0 +1,378 @@
+"""tal.ops.nms against the textbook greedy loops (written here in plain Python) and hand-computed cases."""
+import math
+import random
+
+import pytest
+import torch
+
+from tal.ops.nms import batched_nms, nms, postprocess_detections, score_voting, soft_nms
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def assert_segments(actual, expected):
+    torch.testing.assert_close(actual, torch.tensor(expected, dtype=actual.dtype), rtol=0, atol=1e-12)
+
+
+# --- the textbook loops -----------------------------------------------------------------------------
+
+
+def ref_tiou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = (b[1] - b[0]) + (a[1] - a[0]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def ref_hard(segments, scores, labels, threshold):
+    """Greedy NMS: visit by score (ties: lower index first), keep unless a kept one of its label overlaps > t."""
+    kept = []
+    for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)):
+        if all(labels[k] != labels[i] or ref_tiou(segments[k], segments[i]) <= threshold for k in kept):
+            kept.append(i)
+    return kept
+
+
+def ref_soft(segments, scores, labels, method, threshold, sigma, score_threshold=None):
+    """Bodla et al.'s soft NMS per label: pick the best remaining, decay the rest, drop those below the floor."""
+    picked = []
+    for label in sorted(set(labels)):
+        remaining = {i: scores[i] for i in range(len(scores))
+                     if labels[i] == label and (score_threshold is None or scores[i] >= score_threshold)}
+        while remaining:
+            best = max(remaining, key=lambda i: (remaining[i], -i))
+            picked.append((best, remaining.pop(best)))
+            for i in list(remaining):
+                overlap = ref_tiou(segments[best], segments[i])
+                if method == "linear":
+                    remaining[i] *= 1.0 - overlap if overlap > threshold else 1.0
+                else:
+                    remaining[i] *= math.exp(-overlap * overlap / sigma)
+                if score_threshold is not None and remaining[i] < score_threshold:
+                    del remaining[i]
+    return sorted(picked, key=lambda p: (-p[1], p[0]))
+
+
+def random_case(seed, n, num_classes):
+    """Segments on a 1/8 s grid (exact in float32, so tIoU decisions agree across dtypes), some of zero length."""
+    rng = random.Random(seed)
+    segments = []
+    for _ in range(n):
+        start = rng.randrange(0, 400) / 8
+        length = 0.0 if rng.random() < 0.1 else rng.randrange(1, 120) / 8
+        segments.append([start, start + length])
+    scores = [rng.random() for _ in range(n)]
+    labels = [rng.randrange(num_classes) for _ in range(n)]
+    return segments, scores, labels
+
+
+def as_tensors(segments, scores, labels, dtype, device="cpu"):
+    return (torch.tensor(segments, dtype=dtype, device=device).reshape(-1, 2),
+            torch.tensor(scores, dtype=dtype, device=device),
+            torch.tensor(labels, dtype=torch.long, device=device))
+
+
+# --- random inputs against the reference ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("seed", range(6))
+def test_hard_nms_matches_greedy_loop(seed, dtype):
+    segments, scores, labels = random_case(seed, n=120, num_classes=3)
+    seg, sc, lab = as_tensors(segments, scores, labels, dtype)
+    ranked = sc.tolist()  # the reference ranks the scores the function sees (float32-rounded too)
+    for threshold in (0.0, 0.3, 0.5, 0.75, 1.0):
+        expected = ref_hard(segments, ranked, labels, threshold)
+        assert batched_nms(seg, sc, lab, threshold).tolist() == expected
+        assert nms(seg, sc, threshold).tolist() == ref_hard(segments, ranked, [0] * len(labels), threshold)
+        # blocks of any size give the same decisions
+        for block_size in (1, 7, 50):
+            assert batched_nms(seg, sc, lab, threshold, block_size=block_size).tolist() == expected
+        assert batched_nms(seg, sc, lab, threshold, max_detections=5).tolist() == expected[:5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", ["linear", "gaussian"])
+@pytest.mark.parametrize("seed", range(4))
+def test_soft_nms_matches_reference(seed, method, dtype):
+    segments, scores, labels = random_case(100 + seed, n=60, num_classes=3)
+    seg, sc, lab = as_tensors(segments, scores, labels, dtype)
+    scores_in = sc.tolist()
+    for score_threshold, class_labels in ((None, labels), (0.05, labels), (0.05, None)):
+        ref = ref_soft(segments, scores_in, class_labels or [0] * len(labels), method, 0.4, 0.5, score_threshold)
+        keep, decayed = soft_nms(seg, sc, None if class_labels is None else lab, method, 0.4, 0.5, score_threshold)
+        assert keep.tolist() == [i for i, _ in ref]
+        assert decayed.dtype == dtype
+        assert decayed.tolist() == pytest.approx([s for _, s in ref], abs=1e-6, rel=0)
+        # max_detections stops early but must give the first picks of the full run
+        keep, decayed = soft_nms(seg, sc, None if class_labels is None else lab, method, 0.4, 0.5,
+                                 score_threshold, max_detections=7)
+        assert keep.tolist() == [i for i, _ in ref[:7]]
+        assert decayed.tolist() == pytest.approx([s for _, s in ref[:7]], abs=1e-6, rel=0)
+
+
+def test_hard_nms_pair_budget_splits_blocks_without_changing_the_result(monkeypatch):
+    """A tiny pair budget forces dense blocks to be halved again and again."""
+    import tal.ops.nms as nms_module
+
+    segments, scores, labels = random_case(11, n=150, num_classes=2)
+    segments += [[100.0 + i / 64, 110.0 + i / 64] for i in range(60)]  # a dense late cluster
+    scores += [0.01 * (1 - i / 100) for i in range(60)]
+    labels += [0] * 60
+    seg, sc, lab = as_tensors(segments, scores, labels, torch.float64)
+    expected = ref_hard(segments, scores, labels, 0.5)
+    monkeypatch.setattr(nms_module, "PAIR_BUDGET", 3)
+    assert batched_nms(seg, sc, lab, 0.5).tolist() == expected
+    assert batched_nms(seg, sc, lab, 0.5, block_size=64).tolist() == expected
+
+
+def test_soft_nms_step_tiou_is_segments_tiou():
+    from tal.ops.nms import _tiou_with_pick
+    from tal.ops.segments import tiou
+
+    segments, _, _ = random_case(5, n=3 * 40, num_classes=1)
+    seg = torch.tensor(segments, dtype=torch.float32).reshape(3, 40, 2) * 1.37  # off the grid
+    seg[1, 5] = seg[1, 7] = torch.tensor([3.0, 3.0])  # a zero-length pick against a zero-length segment
+    col = torch.tensor([0, 5, 39])
+    expected = tiou(seg, seg[torch.arange(3), col][:, None, :])
+    actual = _tiou_with_pick(seg[..., 0].contiguous(), seg[..., 1].contiguous(), seg[..., 1] - seg[..., 0], col)
+    assert torch.equal(actual, expected)
+    assert actual[1, 7] == 0
+
+
+def test_hard_nms_chain_needs_many_rounds():
+    """Sliding windows with falling scores: each kept window's decision waits on the previous one."""
+    segments = [[i / 4, i / 4 + 10.0] for i in range(300)]
+    scores = [1.0 - i / 1000 for i in range(300)]
+    seg, sc, _ = as_tensors(segments, scores, [0] * 300, torch.float64)
+    expected = ref_hard(segments, scores, [0] * 300, 0.5)
+    assert len(expected) > 20
+    assert nms(seg, sc, 0.5).tolist() == expected
+
+
+def test_hard_nms_matches_torchvision():
+    """1D tIoU equals the 2D IoU of boxes of height 1, and torchvision's compiled NMS also drops IoU > t."""
+    import torchvision
+    g = torch.Generator().manual_seed(0)
+    start = torch.rand(3000, generator=g, dtype=torch.float64) * 600
+    seg = torch.stack([start, start + torch.rand(3000, generator=g, dtype=torch.float64) * 60], 1)
+    sc = torch.rand(3000, generator=g, dtype=torch.float64)
+    lab = torch.randint(0, 20, (3000,), generator=g)
+    boxes = torch.stack([seg[:, 0], torch.zeros(3000, dtype=torch.float64), seg[:, 1],
+                         torch.ones(3000, dtype=torch.float64)], 1)
+    expected = torchvision.ops.batched_nms(boxes, sc, lab, 0.5)
+    assert batched_nms(seg, sc, lab, 0.5).tolist() == expected.tolist()
+
+
+# --- hand-computed cases ----------------------------------------------------------------------------
+
+
+def test_hard_nms_by_hand():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [20.0, 30.0], [0.0, 5.0]])
+    sc = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    # tIoU(0, 1) = 9/11 > 0.5 drops 1; tIoU(0, 3) = 5/10 is not above 0.5, so 3 stays
+    assert nms(seg, sc, 0.5).tolist() == [0, 2, 3]
+    assert nms(seg, sc, 0.4).tolist() == [0, 2]
+    assert nms(seg, sc, 0.9).tolist() == [0, 1, 2, 3]
+    assert nms(seg, sc, 0.5, score_threshold=0.7).tolist() == [0, 2]
+    assert nms(seg, sc, 0.5, max_detections=2).tolist() == [0, 2]
+
+
+def test_batched_nms_by_hand():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [20.0, 30.0], [0.0, 5.0]])
+    sc = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    lab = torch.tensor([0, 1, 0, 0])
+    # 1 is another class, so nothing suppresses it; 3 (tIoU 0.5 with 0) goes at 0.4
+    assert batched_nms(seg, sc, lab, 0.4).tolist() == [0, 1, 2]
+    assert batched_nms(seg, sc, torch.tensor([0, 0, 0, 1]), 0.4).tolist() == [0, 2, 3]
+
+
+def test_soft_nms_linear_by_hand():
+    seg = torch.tensor([[0.0, 10.0], [0.0, 5.0], [20.0, 30.0]], dtype=torch.float64)
+    sc = torch.tensor([0.9, 0.8, 0.5], dtype=torch.float64)
+    # pick 0; tIoU(0, 1) = 0.5 > 0.3 -> 0.8 * (1 - 0.5) = 0.4, now below segment 2
+    keep, decayed = soft_nms(seg, sc, method="linear", iou_threshold=0.3)
+    assert keep.tolist() == [0, 2, 1]
+    assert decayed.tolist() == pytest.approx([0.9, 0.5, 0.4], abs=1e-12)
+    # at iou_threshold 0.5 the overlap is not above it: no decay
+    keep, decayed = soft_nms(seg, sc, method="linear", iou_threshold=0.5)
+    assert keep.tolist() == [0, 1, 2]
+    assert decayed.tolist() == pytest.approx([0.9, 0.8, 0.5], abs=1e-12)
+    # the score floor applies after decay: 0.4 < 0.45 drops segment 1
+    keep, decayed = soft_nms(seg, sc, method="linear", iou_threshold=0.3, score_threshold=0.45)
+    assert keep.tolist() == [0, 2]
+    keep, _ = soft_nms(seg, sc, method="linear", iou_threshold=0.3, max_detections=2)
+    assert keep.tolist() == [0, 2]
+
+
+def test_soft_nms_gaussian_by_hand():
+    seg = torch.tensor([[0.0, 10.0], [0.0, 5.0], [20.0, 30.0], [2.0, 7.0]], dtype=torch.float64)
+    sc = torch.tensor([0.9, 0.8, 0.5, 0.3], dtype=torch.float64)
+    keep, decayed = soft_nms(seg, sc, method="gaussian", sigma=0.5)
+    # pick 0 (0.9): 1 has tIoU 0.5 -> 0.8 e^-0.5 = 0.485; 3 has tIoU 0.5 -> 0.3 e^-0.5 = 0.182
+    # pick 2 (0.5): overlaps nothing. pick 1 (0.485): tIoU(1, 3) = 3/7 -> 0.182 e^(-(9/49)/0.5)
+    assert keep.tolist() == [0, 2, 1, 3]
+    expected = [0.9, 0.5, 0.8 * math.exp(-0.5), 0.3 * math.exp(-0.5) * math.exp(-(9 / 49) / 0.5)]
+    assert decayed.tolist() == pytest.approx(expected, abs=1e-12)
+    # per class: 1 is alone in class 1, so it keeps 0.8
+    keep, decayed = soft_nms(seg, sc, torch.tensor([0, 1, 0, 0]), method="gaussian", sigma=0.5)
+    assert keep.tolist() == [0, 1, 2, 3]
+    assert decayed.tolist() == pytest.approx([0.9, 0.8, 0.5, 0.3 * math.exp(-0.5)], abs=1e-12)
+
+
+def test_score_voting_by_hand():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0]], dtype=torch.float64)
+    sc = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    keep = torch.tensor([0])
+    # tIoU with segment 0: itself 1, segment 1 9/11 = 0.82, segment 2 8/12 = 0.67
+    voted = score_voting(seg, sc, None, keep, 0.7)
+    assert_segments(voted, [[(0.3 * 1) / 0.9, (0.6 * 10 + 0.3 * 11) / 0.9]])
+    voted = score_voting(seg, sc, None, keep, 0.6)
+    assert_segments(voted, [[0.5, 10.5]])
+    # per class, segment 2 (class 1) does not vote for segment 0
+    voted = score_voting(seg, sc, torch.tensor([0, 0, 1]), torch.tensor([0, 2]), 0.6)
+    assert_segments(voted, [[1 / 3, 31 / 3], [2.0, 12.0]])
+
+
+def test_postprocess_hard_with_voting_by_hand():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0], [30.0, 40.0]], dtype=torch.float64)
+    sc = torch.tensor([0.6, 0.3, 0.1, 0.2], dtype=torch.float64)
+    out_seg, out_sc, out_lab = postprocess_detections(seg, sc, method="hard", iou_threshold=0.5,
+                                                      voting_threshold=0.6)
+    # 1 and 2 are suppressed by 0 and vote for it with their input scores; 3 votes for itself alone
+    assert_segments(out_seg, [[0.5, 10.5], [30.0, 40.0]])
+    assert out_sc.tolist() == pytest.approx([0.6, 0.2])
+    assert out_lab.tolist() == [0, 0]
+
+
+def test_postprocess_soft_gaussian_votes_with_input_scores():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0]], dtype=torch.float64)
+    sc = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    out_seg, out_sc, _ = postprocess_detections(seg, sc, method="soft-gaussian", sigma=0.5, voting_threshold=0.7)
+    # all three are kept; 1 is decayed by 0 (tIoU 9/11), 2 by 0 (8/12) and then by 1 (9/11)
+    d1 = 0.3 * math.exp(-(9 / 11) ** 2 / 0.5)
+    d2 = 0.1 * math.exp(-(8 / 12) ** 2 / 0.5) * math.exp(-(9 / 11) ** 2 / 0.5)
+    assert out_sc.tolist() == pytest.approx([0.6, d1, d2], abs=1e-12)
+    assert_segments(out_seg, [[1 / 3, 31 / 3], [0.5, 10.5], [1.25, 11.25]])
+
+
+def test_postprocess_options_by_hand():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [20.0, 30.0], [50.0, 60.0], [0.0, 9.0]])
+    sc = torch.tensor([0.5, 0.9, 0.05, 0.7, 0.8])
+    lab = torch.tensor([3, 3, 1, 1, 7])
+    out_seg, out_sc, out_lab = postprocess_detections(seg, sc, lab, method="hard", iou_threshold=0.5)
+    # 0 is suppressed by 1 (same class, 9/11); 4 is another class; sorted by score
+    assert out_sc.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.05])
+    assert out_lab.tolist() == [3, 7, 1, 1]
+    assert out_seg.tolist() == [[1.0, 11.0], [0.0, 9.0], [50.0, 60.0], [20.0, 30.0]]
+    _, out_sc, out_lab = postprocess_detections(seg, sc, lab, method="hard", class_agnostic=True)
+    assert out_lab.tolist() == [3, 1, 1]  # 4 (tIoU 8/11 with 1) now goes too
+    _, out_sc, _ = postprocess_detections(seg, sc, lab, method="none", score_threshold=0.1, max_detections=3)
+    assert out_sc.tolist() == pytest.approx([0.9, 0.8, 0.7])
+    # pre-NMS top-2 keeps 1 and 4 only
+    _, out_sc, out_lab = postprocess_detections(seg, sc, lab, method="hard", pre_nms_top_k=2)
+    assert out_lab.tolist() == [3, 7]
+    _, out_sc, _ = postprocess_detections(seg, sc, lab, method="soft-linear", iou_threshold=0.5, max_detections=2)
+    assert out_sc.tolist() == pytest.approx([0.9, 0.8])
+
+
+# --- edge cases -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_input(device):
+    seg = torch.zeros(0, 2, device=device)
+    sc = torch.zeros(0, device=device)
+    lab = torch.zeros(0, dtype=torch.long, device=device)
+    assert nms(seg, sc, 0.5).shape == (0,)
+    assert batched_nms(seg, sc, lab, 0.5).shape == (0,)
+    keep, decayed = soft_nms(seg, sc, lab, "gaussian")
+    assert keep.shape == (0,) and decayed.shape == (0,)
+    for method in ("hard", "soft-linear", "soft-gaussian", "none"):
+        out_seg, out_sc, out_lab = postprocess_detections(seg, sc, lab, method=method, voting_threshold=0.7)
+        assert out_seg.shape == (0, 2) and out_sc.shape == (0,) and out_lab.shape == (0,)
+        assert out_seg.device.type == device
+    # everything below the score floor is the same as no input
+    out_seg, _, _ = postprocess_detections(torch.tensor([[0.0, 1.0]]), torch.tensor([0.1]), score_threshold=0.5)
+    assert out_seg.shape == (0, 2)
+
+
+def test_equal_scores_rank_by_input_index():
+    seg = torch.tensor([[0.0, 10.0], [0.0, 10.0], [40.0, 50.0], [20.0, 30.0], [0.0, 10.0]])
+    sc = torch.full((5,), 0.5)
+    assert nms(seg, sc, 0.5).tolist() == [0, 2, 3]
+    keep, decayed = soft_nms(seg, sc, method="linear", iou_threshold=0.5)
+    # duplicates of 0 decay to 0 and come last, in input order
+    assert keep.tolist() == [0, 2, 3, 1, 4]
+    assert decayed.tolist() == [0.5, 0.5, 0.5, 0.0, 0.0]
+    out_seg, _, _ = postprocess_detections(seg, sc, method="none")
+    assert out_seg[:, 0].tolist() == [0.0, 0.0, 40.0, 20.0, 0.0]
+
+
+def test_zero_length_segments_overlap_nothing():
+    seg = torch.tensor([[5.0, 5.0], [5.0, 5.0], [0.0, 10.0], [5.0, 5.0]])
+    sc = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    assert nms(seg, sc, 0.0).tolist() == [0, 1, 2, 3]
+    keep, decayed = soft_nms(seg, sc, method="gaussian")
+    assert keep.tolist() == [0, 1, 2, 3]
+    assert decayed.tolist() == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    voted = score_voting(seg, sc, None, torch.tensor([0, 2]), 0.5)
+    assert not voted.isnan().any()
+    assert voted.tolist() == [[5.0, 5.0], [0.0, 10.0]]
+
+
+@pytest.mark.parametrize("fn", [
+    lambda s, c: nms(s, c, 0.5),
+    lambda s, c: soft_nms(s, c),
+    lambda s, c: postprocess_detections(s, c, method="soft-linear"),
+])
+def test_nan_scores_are_refused(fn):
+    seg = torch.tensor([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    with pytest.raises(ValueError, match=r"scores contain NaN at index 1 \(2 of 3 not finite\)"):
+        fn(seg, torch.tensor([0.5, math.nan, math.nan]))
+    with pytest.raises(ValueError, match="scores contain an infinite value at index 2"):
+        fn(seg, torch.tensor([0.5, 0.1, math.inf]))
+
+
+def test_bad_segments_are_refused():
+    sc = torch.tensor([0.5, 0.4])
+    with pytest.raises(ValueError, match=r"nms: segment 1 ends before it starts \(\[3.0, 2.0\]\); 1 of 2"):
+        nms(torch.tensor([[0.0, 1.0], [3.0, 2.0]]), sc, 0.5)
+    with pytest.raises(ValueError, match="segment 0 is not finite"):
+        soft_nms(torch.tensor([[math.nan, 1.0], [2.0, 3.0]]), sc)
+    with pytest.raises(ValueError, match=r"segments must have shape \[N, 2\]"):
+        nms(torch.zeros(2, 3), sc, 0.5)
+    with pytest.raises(ValueError, match=r"scores must have shape \[2\]"):
+        nms(torch.zeros(2, 2), torch.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        batched_nms(torch.zeros(2, 2), sc, torch.tensor([0.0, 1.0]), 0.5)
+
+
+def test_bad_options_are_refused():
+    seg, sc = torch.tensor([[0.0, 1.0]]), torch.tensor([0.5])
+    with pytest.raises(ValueError, match=r"iou_threshold must be in \[0, 1\], got 1.5"):
+        nms(seg, sc, 1.5)
+    with pytest.raises(ValueError, match="sigma must be > 0"):
+        soft_nms(seg, sc, sigma=0.0)
+    with pytest.raises(ValueError, match="unknown method 'soft'"):
+        postprocess_detections(seg, sc, method="soft")
+    with pytest.raises(ValueError, match="max_detections must be >= 1"):
+        postprocess_detections(seg, sc, max_detections=0)
+    with pytest.raises(ValueError, match=r"voting_threshold must be in \(0, 1\]"):
+        postprocess_detections(seg, sc, voting_threshold=0.0)
+    with pytest.raises(ValueError, match="scores must be >= 0; score 0 is -0.5"):
+        postprocess_detections(seg, -sc, voting_threshold=0.5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_outputs_keep_dtype_and_device(dtype, device):
+    segments, scores, labels = random_case(7, n=50, num_classes=2)
+    seg, sc, lab = as_tensors(segments, scores, labels, dtype, device)
+    for method in ("hard", "soft-linear", "soft-gaussian", "none"):
+        out_seg, out_sc, out_lab = postprocess_detections(seg, sc, lab, method=method, voting_threshold=0.7,
+                                                          max_detections=10)
+        assert out_seg.dtype == dtype and out_sc.dtype == dtype and out_lab.dtype == torch.long
+        assert {out_seg.device.type, out_sc.device.type, out_lab.device.type} == {device}
+        assert out_seg.shape == (10, 2)
+        assert out_sc.tolist() == sorted(out_sc.tolist(), reverse=True)
+        assert not out_seg.isnan().any()
