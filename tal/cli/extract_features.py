@@ -1,0 +1,94 @@
+"""`tal extract-features`: videos -> HDF5 feature cache (resumable, sharded under torchrun)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tal.errors import TalInputError
+
+EPILOG = """\
+video ids: the file name without its extension (videos/abc.mp4 -> abc); two files with one id are an
+error. --video-list FILE holds one video a line, 'path' or 'path<TAB>video_id' ('#' comments allowed;
+relative paths are relative to the current directory).
+
+defaults: --window = the backbone's clip length, --stride = --window, --fps = the backbone's rate
+(native rate of each video if it has none).
+
+resuming: finished videos are kept as OUT.h5.parts/ until the run ends, then OUT.h5 is rebuilt
+atomically. Re-running the same command after a crash or kill skips finished videos; a different
+backbone/weights/fps/window/stride/decoder on an existing OUT.h5 is an error.
+
+exit status: 0 all videos extracted (or already there); 1 some videos failed (unreadable, no video
+stream, zero frames, shorter than one window, ...): they are listed with their reason in
+OUT.h5.failures.jsonl and the others are in OUT.h5; 2 bad usage or settings.
+
+examples:
+  tal extract-features videos/*.mp4 --out feats.h5 --backbone r2plus1d_18 --fps 15 --window 16 --stride 8
+  tal extract-features --video-list list.txt --out feats.h5 --backbone handcrafted --workers 4
+  torchrun --nproc-per-node 4 -m tal extract-features --video-list list.txt --out feats.h5 --backbone r3d_18
+  tal extract-features --list-backbones
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "extract-features", help="extract clip features of videos into an HDF5 cache",
+        description="Decode videos, run a backbone over sliding windows of frames and write one [T, D] "
+                    "dataset per video into an HDF5 feature cache.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("videos", nargs="*", metavar="VIDEO", help="video files")
+    p.add_argument("--video-list", metavar="FILE", help="file with one video a line: path or path<TAB>video_id")
+    p.add_argument("--out", metavar="FEATS.h5", help="the feature cache to write (or resume)")
+    p.add_argument("--backbone", metavar="NAME", help="see --list-backbones; 'handcrafted' needs no weights")
+    p.add_argument("--weights", metavar="PATH", help="state dict file (default: torchvision's cache); "
+                                                     "'random' = random init, for tests and benchmarks")
+    p.add_argument("--fps", type=float, metavar="F", help="resample videos to F frames per second")
+    p.add_argument("--window", type=int, metavar="W", help="frames per clip")
+    p.add_argument("--stride", type=int, metavar="S", help="frames between consecutive clips")
+    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="clips per forward pass (default 8)")
+    p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"],
+                   help="auto = decord if installed, else PyAV")
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="decoding processes (0 = decode in the main process; default 2)")
+    p.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("--list-backbones", action="store_true", help="list the backbones and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _list_backbones() -> int:
+    from tal.features.backbones import list_backbones
+
+    rows = [("name", "kind", "input", "dim", "window", "fps", "weights")]
+    for s in list_backbones():
+        rows.append((s.name, s.kind, str(s.input_size), str(s.feature_dim), str(s.default_window),
+                     "native" if s.default_fps is None else f"{s.default_fps:g}", s.weights))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_backbones:
+        return _list_backbones()
+    from tal.features.extract import ExtractSettings, extract_features, jobs_from_paths, read_video_list
+
+    if not args.out or not args.backbone:
+        raise TalInputError("--out and --backbone are required (see 'tal extract-features --help')")
+    jobs = jobs_from_paths(args.videos)
+    if args.video_list:
+        jobs += read_video_list(args.video_list)
+    if not jobs:
+        raise TalInputError("no videos: give video files or --video-list FILE")
+    settings = ExtractSettings(args.backbone, args.weights, args.fps, args.window, args.stride, args.batch_size,
+                               args.decoder, args.workers, args.device)
+    result = extract_features(jobs, args.out, settings, progress=not args.no_progress)
+    if result.rank == 0:
+        msg = (f"tal extract-features: {result.out}: {result.num_videos} videos ({result.num_new} new, "
+               f"{result.num_skipped} already done)")
+        if result.num_failed:
+            msg += f"; {result.num_failed} failed, listed in {result.failures_path}"
+        print(msg, file=sys.stderr)
+    return 1 if result.num_failed else 0

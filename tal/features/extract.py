@@ -1,0 +1,349 @@
+"""Videos -> feature cache: decoding in worker processes, batched inference, resumable writing.
+
+Flow: `VideoJob`s are sharded over torchrun ranks, then over DataLoader workers (whole videos per
+worker). A worker streams a video's clips (`decode.iter_clips`, memory flat in video length),
+preprocesses them with the backbone's CPU `preprocess`, and yields fixed batches of `batch_size`
+clips of ONE video, then an end marker (or a failure with its reason). The main process runs the
+backbone on each batch, gathers the (small) features of each video and hands finished videos to a
+`FeatureCacheWriter` as crash-safe parts. Batches never mix videos and always start at the same
+clip, so a video's features do not depend on what else is extracted, or on a resume.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from tal import __version__
+from tal.errors import TalInputError
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """One video to extract: its id in the cache and where it is."""
+
+    video_id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    backbone: str
+    weights: str | None = None
+    fps: float | None = None  # None: the backbone's default rate, or the native rate if it has none
+    window: int | None = None  # None: the backbone's default window
+    stride: int | None = None  # None: = window
+    batch_size: int = 8
+    decoder: str = "auto"
+    workers: int = 2
+    device: str = "auto"
+
+
+@dataclass
+class ExtractResult:
+    out: Path
+    num_videos: int  # videos in the final cache
+    num_new: int  # extracted by this run (all ranks)
+    num_skipped: int  # already done before this run
+    num_failed: int  # failed in this run (all ranks)
+    failures: list[dict] = field(default_factory=list)  # {"video", "path", "reason"}
+    failures_path: Path | None = None
+    rank: int = 0  # torchrun rank of this process (0 alone)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+
+def jobs_from_paths(paths: list[str]) -> list[VideoJob]:
+    """Video id = the file name without its last extension (`a/b/clip01.mp4` -> `clip01`)."""
+    return [VideoJob(Path(p).stem if Path(p).suffix else Path(p).name, str(p)) for p in paths]
+
+
+def read_video_list(path: str | Path) -> list[VideoJob]:
+    """Lines `path` or `path<TAB>video_id`; blank lines and lines starting with '#' are skipped.
+    Relative paths are relative to the current directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise TalInputError(f"{path}: no such video list")
+    jobs = []
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) > 2 or not fields[0].strip() or (len(fields) == 2 and not fields[1].strip()):
+                raise TalInputError(f"{path}:{lineno}: expected 'path' or 'path<TAB>video_id', got {line!r}")
+            if len(fields) == 2:
+                jobs.append(VideoJob(fields[1].strip(), fields[0].strip()))
+            else:
+                jobs.extend(jobs_from_paths([fields[0].strip()]))
+    return jobs
+
+
+def check_unique_ids(jobs: list[VideoJob]) -> None:
+    """Two videos with one id would overwrite each other in the cache: refuse, listing them."""
+    by_id: dict[str, list[str]] = {}
+    for job in jobs:
+        by_id.setdefault(job.video_id, []).append(job.path)
+    dups = {vid: paths for vid, paths in by_id.items() if len(paths) > 1}
+    if dups:
+        shown = "; ".join(f"{vid!r}: {', '.join(paths)}" for vid, paths in list(dups.items())[:10])
+        more = f" (and {len(dups) - 10} more)" if len(dups) > 10 else ""
+        raise TalInputError(
+            f"{len(dups)} video ids are used by more than one file: {shown}{more}; the id is the file name without "
+            f"extension: rename the files or give ids with --video-list lines 'path<TAB>video_id'"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Workers
+
+
+class _ClipStream(torch.utils.data.IterableDataset):
+    """Per video: ("clips", job, preprocessed tensor [B, ...]) ..., then ("end", job, meta) or
+    ("fail", job, reason). Each DataLoader worker takes every num_workers-th video."""
+
+    def __init__(self, jobs: list[VideoJob], window: int, stride: int, fps: float | None, decoder: str,
+                 batch_size: int, preprocess, size: int | None = None):
+        self.jobs, self.window, self.stride, self.fps = jobs, window, stride, fps
+        self.decoder, self.batch_size, self.preprocess, self.size = decoder, batch_size, preprocess, size
+
+    def __iter__(self) -> Iterator[tuple]:
+        info = torch.utils.data.get_worker_info()
+        jobs = self.jobs if info is None else self.jobs[info.id::info.num_workers]
+        for job in jobs:
+            yield from self._video(job)
+
+    def _video(self, job: VideoJob) -> Iterator[tuple]:
+        from tal.features import decode
+
+        try:
+            if not os.path.exists(job.path):
+                raise decode.VideoDecodeError(job.path, "no such file")
+            info = decode.probe_video(job.path, self.decoder)
+            fps = self.fps or info.fps
+            num_frames = len(decode.resample_indices(info.num_frames, info.fps, self.fps))
+            if len(decode.window_starts(num_frames, self.window, self.stride)) == 0:
+                yield ("fail", job, f"shorter than one window ({num_frames} frames at {fps:g} fps < window "
+                                    f"{self.window}); use a smaller --window or a higher --fps")
+                return
+            batch: list = []
+            count = 0
+            clips = decode.iter_clips(job.path, self.window, self.stride, self.fps, self.decoder, self.size)
+            for index, clip in clips:
+                if index != count:
+                    raise RuntimeError(f"iter_clips yielded clip {index}, expected {count}")
+                batch.append(self.preprocess(clip[None]))
+                count += 1
+                if len(batch) == self.batch_size:
+                    yield ("clips", job, torch.cat(batch))
+                    batch = []
+            if batch:
+                yield ("clips", job, torch.cat(batch))
+            if count == 0:
+                yield ("fail", job, "no complete window could be decoded (truncated video?)")
+                return
+            yield ("end", job, {"fps": float(fps), "stride": self.stride, "window": self.window,
+                                "duration": float(info.duration), "num_features": count})
+        except Exception as exc:  # one bad video must not stop the others; the reason is reported
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            yield ("fail", job, str(reason))
+
+
+def _init_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)
+
+
+def _iter_stream(stream: _ClipStream, workers: int) -> Iterator[tuple]:
+    workers = min(workers, len(stream.jobs))
+    if workers == 0:
+        yield from stream
+        return
+    yield from torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers,
+                                           worker_init_fn=_init_worker, prefetch_factor=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributed
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def _dist_from_env() -> _Dist:
+    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them (absent: one process)."""
+    try:
+        return _Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                     int(os.environ.get("LOCAL_RANK", 0)))
+    except ValueError:
+        raise TalInputError("RANK / WORLD_SIZE / LOCAL_RANK must be integers") from None
+
+
+def _resolve_device(device: str, dist: _Dist) -> str:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and dist.active:
+        device = f"cuda:{dist.local_rank}"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TalInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+
+def resolve_settings(settings: ExtractSettings, spec) -> tuple[float | None, int, int]:
+    """(fps, window, stride) after defaults: the backbone's window and fps, stride = window."""
+    window = settings.window or spec.default_window
+    stride = settings.stride or window
+    fps = settings.fps if settings.fps is not None else spec.default_fps
+    if window <= 0 or stride <= 0 or (fps is not None and fps <= 0):
+        raise TalInputError(f"--window, --stride and --fps must be positive (got {window}, {stride}, {fps})")
+    return fps, window, stride
+
+
+def failures_path(out: Path) -> Path:
+    return out.with_name(out.name + ".failures.jsonl")
+
+
+def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSettings,
+                     progress: bool = True) -> ExtractResult:
+    """Extract every job into `out` (resuming from a previous run), sharded over torchrun ranks.
+
+    Bad videos are reported (stderr and `OUT.h5.failures.jsonl`) and never stop the others.
+    """
+    from tal.features.backbones import build_backbone
+    from tal.features.cache import FeatureCacheWriter
+    from tal.features.decode import resolve_decoder
+
+    out = Path(out)
+    check_unique_ids(jobs)
+    if settings.batch_size <= 0:
+        raise TalInputError(f"--batch-size must be positive, got {settings.batch_size}")
+    if settings.workers < 0:
+        raise TalInputError(f"--workers must be >= 0, got {settings.workers}")
+    if not out.parent.is_dir():
+        raise TalInputError(f"--out {out}: folder {out.parent} does not exist")
+    dist = _dist_from_env()
+    device = _resolve_device(settings.device, dist)
+    decoder = resolve_decoder(settings.decoder)
+    backbone = build_backbone(settings.backbone, settings.weights, device)
+    spec = backbone.spec
+    fps, window, stride = resolve_settings(settings, spec)
+    attrs = {
+        "backbone": spec.name, "weights": backbone.weights_id, "tal_version": __version__,
+        "fps": float(fps) if fps is not None else "native", "window": window, "stride": stride,
+        "decoder": decoder, "feature_dim": spec.feature_dim, "input_size": spec.input_size, "kind": spec.kind,
+        "duration_source": "video frame count / native fps",
+    }
+    writer = FeatureCacheWriter(out, attrs)
+    if dist.active:
+        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        done = writer.done()
+        mine = [job for job in jobs[dist.rank::dist.world_size] if job.video_id not in done]
+        num_skipped = sum(job.video_id in done for job in jobs)
+        fail_log = writer.parts / f"failures.rank{dist.rank}.jsonl"
+        local_failures = _run(mine, backbone, writer, fail_log, fps, window, stride, decoder, settings,
+                              progress and dist.rank == 0)
+        totals = torch.tensor([len(local_failures), len(mine)], dtype=torch.int64)
+        if dist.active:
+            torch.distributed.all_reduce(totals)  # also a barrier: every rank's parts are written
+        result = ExtractResult(out, 0, int(totals[1]) - int(totals[0]), num_skipped, int(totals[0]), rank=dist.rank)
+        if dist.rank == 0:
+            result.failures = _gather_failures(writer.parts, dist.world_size)
+            result.num_videos = writer.finalize()
+            result.failures_path = _write_failures(out, result.failures)
+        if dist.active:
+            num_videos = torch.tensor([result.num_videos], dtype=torch.int64)
+            torch.distributed.broadcast(num_videos, src=0)  # the other ranks wait for the final file
+            result.num_videos = int(num_videos[0])
+        return result
+    finally:
+        if dist.active:
+            torch.distributed.destroy_process_group()
+
+
+def decode_size(spec) -> int | None:
+    """Short side to resize frames to while decoding, when the backbone's preprocessing starts by
+    resizing the short side to it anyway (then its own resize is a no-op): frames are resized once,
+    not once per window holding them, and held frames are small. None for exact (h, w) resizes."""
+    size = getattr(spec, "resize_size", ())
+    return int(size[0]) if len(size) == 1 else None
+
+
+def _run(jobs: list[VideoJob], backbone, writer, fail_log: Path, fps, window, stride, decoder,
+         settings: ExtractSettings, progress: bool) -> list[dict]:
+    """Extract `jobs` into parts; returns this process's failures (also appended to `fail_log`)."""
+    from tqdm import tqdm
+
+    stream = _ClipStream(jobs, window, stride, fps, decoder, settings.batch_size,
+                         getattr(backbone, "preprocessor", backbone.preprocess), decode_size(backbone.spec))
+    failures: list[dict] = []
+    pending: dict[str, list[np.ndarray]] = {}
+    bar = tqdm(total=len(jobs), unit="video", file=sys.stderr, disable=not progress, dynamic_ncols=True,
+               desc=f"extract {backbone.spec.name}")
+    num_clips = 0
+    start = time.perf_counter()
+    with bar, fail_log.open("w", encoding="utf-8") as log:
+        for kind, job, payload in _iter_stream(stream, settings.workers):
+            if kind == "clips":
+                pending.setdefault(job.video_id, []).append(backbone(payload).float().numpy())
+                num_clips += len(payload)
+                bar.set_postfix(clips=num_clips, clips_per_s=f"{num_clips / (time.perf_counter() - start):.2f}")
+                continue
+            chunks = pending.pop(job.video_id, [])
+            if kind == "end":
+                features = np.concatenate(chunks)  # [T, D]
+                if features.shape[0] != payload["num_features"]:
+                    raise RuntimeError(f"{job.video_id}: {features.shape[0]} features for "
+                                       f"{payload['num_features']} clips")
+                writer.add(job.video_id, features, payload)
+            else:
+                record = {"video": job.video_id, "path": job.path, "reason": payload}
+                failures.append(record)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                tqdm.write(f"tal extract-features: failed {job.video_id} ({job.path}): {payload}", file=sys.stderr)
+            bar.update(1)
+    return failures
+
+
+def _gather_failures(parts: Path, world_size: int) -> list[dict]:
+    records = []
+    for rank in range(world_size):
+        path = parts / f"failures.rank{rank}.jsonl"
+        if path.exists():
+            records += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return sorted(records, key=lambda r: r["video"])
+
+
+def _write_failures(out: Path, failures: list[dict]) -> Path | None:
+    """OUT.h5.failures.jsonl lists this run's failures (removed when there are none)."""
+    path = failures_path(out)
+    if not failures:
+        path.unlink(missing_ok=True)
+        return None
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in failures), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
