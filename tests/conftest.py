@@ -28,3 +28,14 @@ def sample_videos() -> list[Path]:
     videos = sorted(data.glob("*.mp4"))
     assert videos, f"no mp4 files in {data}"
     return videos
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: extra threads only add contention on a shared 2-core machine (30x slower under load)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

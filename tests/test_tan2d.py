@@ -24,13 +24,7 @@ from tal.models.tan2d import (
 )
 from tal.models.text import Vocabulary
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only add contention on a shared 2-core machine (30x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SENTENCES = ["a person opens the door", "the dog runs", "someone closes a door slowly"]

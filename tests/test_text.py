@@ -18,13 +18,7 @@ from tal.models.text import (
     tokenize,
 )
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: threads only add contention on a shared 2-core machine (30x slower under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SENTENCES = ["The person opens the door.", "A person, closing the DOOR!", "the dog sleeps"]
