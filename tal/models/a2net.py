@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tal.errors import TalInputError
+from tal.registry import MODELS
 from tal.models.anchors import anchor_centres_widths, decode_segments, match_segments, mine_negatives
 from tal.ops.nms import postprocess_detections
 
@@ -343,6 +344,7 @@ MODEL_KEYS = {"input_dim", "num_classes", "anchor_based", "anchor_free", "base_d
               "nms"}
 
 
+@MODELS.register("a2net")
 def build_a2net(cfg: dict) -> A2Net:
     """An A2Net from the `model` section of a config (keys: MODEL_KEYS; `name`/`type` are ignored)."""
     cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tal.errors import TalInputError
+from tal.registry import MODELS
 from tal.models.layers import MaskedMapConv, TemporalConvPool, iter_span_max
 from tal.models.text import Vocabulary, build_text_encoder
 from tal.ops.segments import tiou
@@ -318,6 +319,7 @@ MODEL_KEYS = {"input_dim", "num_clips", "frame_stride", "hidden_dim", "prop", "s
 LOSS_KEYS = {"min_iou", "max_iou", "bias"}
 
 
+@MODELS.register("2dtan")
 def build_tan2d(cfg: dict, vocab: Vocabulary | list[str] | int | None = None) -> Tan2D:
     """A Tan2D from the `model` section of a config (keys: see MODEL_KEYS; `name`/`type` are ignored).
 
