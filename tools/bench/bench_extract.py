@@ -99,11 +99,10 @@ def end_to_end(videos: list[Path], out: Path, backbone: str, weights: str | None
 
 def bench_throughput(args: argparse.Namespace) -> dict:
     from tal.features.backbones import build_backbone
-    from tal.features.decode import resolve_decoder
-    from tal.features.extract import ExtractSettings, decode_size, resolve_settings
+    from tal.features.extract import ExtractSettings, decode_size, extraction_decoder, resolve_settings
 
     videos = sample_videos() * args.repeat
-    decoder = resolve_decoder(args.decoder)
+    decoder = extraction_decoder(args.decoder)
     backbone = build_backbone(args.backbone, args.weights, "cpu")
     fps, window, stride = resolve_settings(ExtractSettings(args.backbone, fps=args.fps, window=args.window,
                                                            stride=args.stride), backbone.spec)
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fps", type=float, default=None, help="default: the backbone's (15 for r2plus1d_18)")
     parser.add_argument("--window", type=int, default=None, help="default: the backbone's (16)")
     parser.add_argument("--stride", type=int, default=4, help="frames between clips (default 4: more clips)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--decoder", default="auto")
     parser.add_argument("--repeat", type=int, default=2, help="pass over the sample videos this many times")
