@@ -49,8 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, metavar="B",
                    help="clips per forward pass (default 4: keeps a 3D CNN under 2 GB on the CPU)")
     p.add_argument("--decoder", default="auto", choices=["auto", "decord", "pyav"],
-                   help="auto = PyAV, whose memory stays flat while streaming long videos; decord is faster on "
-                        "some files but its memory grows when interleaved with a 3D CNN")
+                   help="auto = PyAV here: its memory stays flat on long videos, while a decord worker feeding "
+                        "a slower network grows (5.5 GB vs 1.4 GB on a 10-minute video with r2plus1d_18)")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="decoding processes (0 = decode in the main process; default 2)")
     p.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)")

@@ -224,9 +224,10 @@ def resolve_settings(settings: ExtractSettings, spec) -> tuple[float | None, int
 def extraction_decoder(decoder: str) -> str:
     """The decoder extract-features uses: "auto" means PyAV here (not decord as in `decode`).
 
-    Measured on a 10-minute 320x240 video (tools/bench/bench_extract.py): a decord decoding worker
-    feeding a slower network holds far more memory than a PyAV one (handcrafted: 1213 vs 755 MB PSS
-    for the whole run), while both are flat when decoding alone; PyAV keeps extraction within 2 GB.
+    Measured on a 10-minute 320x240 video (tools/bench/bench_extract.py, 2 workers, batch 4): a
+    decord decoding worker feeding a slower network keeps growing (whole run, peak PSS: r2plus1d_18
+    5481 MB with decord vs 1440 MB with PyAV; handcrafted 1213 vs 755 MB), although both decoders
+    are flat when decoding alone. PyAV keeps extraction within 2 GB.
     """
     from tal.features.decode import resolve_decoder
 

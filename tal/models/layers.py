@@ -108,3 +108,39 @@ class MaskedMapConv(nn.Module):
         for i, conv in enumerate(self.convs):
             x = F.relu(conv(x)) * getattr(self, f"weight_{i}")
         return x
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling features inside segments (TCN's proposal/context features; BSN/BMN-style span sampling)
+
+
+def segment_sample_points(segments: torch.Tensor, num_points: int) -> torch.Tensor:
+    """Centres of `num_points` equal parts of each segment: [..., 2] (start, end) -> [..., num_points], same unit."""
+    fraction = (torch.arange(num_points, dtype=segments.dtype, device=segments.device) + 0.5) / num_points  # [n]
+    start, end = segments[..., :1], segments[..., 1:]
+    return start + fraction * (end - start)
+
+
+def sample_segment_features(features: torch.Tensor, num_valid: torch.Tensor, video_index: torch.Tensor,
+                            segments: torch.Tensor, num_points: int) -> torch.Tensor:
+    """Features at `num_points` evenly spaced points inside each segment, linearly interpolated.
+
+    features [B, T, D] with num_valid [B] valid steps (a prefix); segments [N, 2] in feature steps, each
+    belonging to video video_index[N]. Feature i spans [i, i + 1) and sits at its centre i + 0.5; a
+    point between two centres mixes the two features, a point in [0, 0.5) or (n - 0.5, n] takes the
+    edge feature, and a point outside the video [0, n] is zero (zero padding). All segments in one
+    gather. -> [N, num_points, D].
+    """
+    num_videos, num_steps, dim = features.shape
+    points = segment_sample_points(segments.to(torch.float32), num_points)  # [N, P] feature steps
+    length = num_valid.to(device=points.device)[video_index].clamp(min=1)[:, None]  # [N, 1]
+    index = (points - 0.5).clamp(min=0.0)
+    index = torch.minimum(index, (length - 1).to(index.dtype))  # [N, P] in [0, n - 1]
+    left = index.floor().long()  # [N, P]
+    right = torch.minimum(left + 1, length - 1)  # [N, P]
+    weight = (index - left).to(features.dtype)[..., None]  # [N, P, 1]
+    rows = video_index[:, None, None] * num_steps + torch.stack([left, right], dim=-1)  # [N, P, 2]
+    pair = features.reshape(num_videos * num_steps, dim)[rows]  # [N, P, 2, D]
+    sampled = (1 - weight) * pair[..., 0, :] + weight * pair[..., 1, :]  # [N, P, D]
+    inside = (points >= 0) & (points <= length)  # [N, P]
+    return sampled * inside[..., None].to(features.dtype)
