@@ -92,6 +92,6 @@ def test_heads_are_registered_by_name():
     import tal.models  # noqa: F401
     from tal.registry import MODELS
 
-    assert {"2dtan", "a2net"} <= set(MODELS.names())
+    assert {"2dtan", "a2net", "tcn"} <= set(MODELS.names())
     model = MODELS.build({"name": "a2net", "input_dim": 8, "num_classes": 3})
     assert type(model).__name__ == "A2Net"
