@@ -8,6 +8,7 @@ from tal.errors import TalInputError
 from tal.models.a2net import A2Net, af_duration_ranges, assign_points, build_a2net, pad_ground_truth
 from tal.models.anchors import decode_segments
 from tal.ops.segments import pairwise_tiou
+from tal.registry import MODELS
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -48,7 +49,8 @@ def test_output_shapes_and_valid_masks(num_steps):
     assert out["anchors"].shape == (num_anchors, 2)
     assert out["af_logits"].shape == (2, num_points, 4)
     assert out["af_segments"].shape == out["af_distances"].shape == (2, num_points, 2)
-    torch.testing.assert_close(out["anchors"][:3], torch.tensor([[0.5, 1.5], [0.0, 2.0], [-1.0, 3.0]]))  # centre 1, widths 1, 2, 4
+    # first position: centre 1, widths 1, 2, 4; last anchor: last level (stride 16), ratio 2
+    torch.testing.assert_close(out["anchors"][:3], torch.tensor([[0.5, 1.5], [0.0, 2.0], [-1.0, 3.0]]))
     last_centre = (lengths[-1] - 0.5) * 16
     torch.testing.assert_close(out["anchors"][-1], torch.tensor([last_centre - 16, last_centre + 16]))
     assert out["points"][:2].tolist() == [1.0, 3.0] and out["points"][-1] == last_centre
@@ -133,7 +135,8 @@ def test_loss_parts_and_a_video_without_ground_truth():
     model = tiny_model()
     batch = toy_batch()
     batch = {"features": batch["features"].repeat(2, 1, 1), "mask": batch["mask"].repeat(2, 1),
-             "segments": [batch["segments"][0], torch.zeros(0, 2)], "labels": [batch["labels"][0], torch.zeros(0, dtype=torch.long)]}
+             "segments": [batch["segments"][0], torch.zeros(0, 2)],
+             "labels": [batch["labels"][0], torch.zeros(0, dtype=torch.long)]}
     out = model(batch)
     assert set(out) == {"loss", "loss_ab_cls", "loss_ab_overlap", "loss_ab_loc", "loss_af_cls", "loss_af_reg"}
     weights = {"ab_cls": 1, "ab_overlap": 10, "ab_loc": 10, "af_cls": 30, "af_reg": 1}
@@ -221,5 +224,6 @@ def test_build_rejects_unknown_and_missing_keys():
         build_a2net(tiny_cfg(loss_weights={"cls": 1.0}))
     with pytest.raises(TalInputError, match=r"unknown model.nms key\(s\) \['threshold'\]"):
         build_a2net(tiny_cfg(nms={"threshold": 0.5}))
-    model = build_a2net(tiny_cfg(name="a2net", loss_weights={"af_cls": 1.0}))
+    model = MODELS.build(tiny_cfg(name="a2net", loss_weights={"af_cls": 1.0}))
+    assert isinstance(model, A2Net)
     assert model.loss_weights == {"ab_cls": 1.0, "ab_overlap": 10.0, "ab_loc": 10.0, "af_cls": 1.0, "af_reg": 1.0}

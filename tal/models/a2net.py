@@ -43,9 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tal.errors import TalInputError
-from tal.registry import MODELS
 from tal.models.anchors import anchor_centres_widths, decode_segments, match_segments, mine_negatives
 from tal.ops.nms import postprocess_detections
+from tal.registry import MODELS
 
 THUMOS_PYRAMID_DIMS = (512, 1024, 1024, 2048, 2048, 4096)
 THUMOS_RATIOS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -99,8 +99,9 @@ def assign_points(centres: torch.Tensor, point_level: torch.Tensor, ranges: torc
     start, end = gt_segments[..., 0], gt_segments[..., 1]  # [B, G]
     duration = end - start  # [B, G]
     low, high = ranges[point_level, 0], ranges[point_level, 1]  # [P]
-    in_range = (duration[:, None, :] >= low[None, :, None]) & (duration[:, None, :] <= high[None, :, None])  # [B, P, G]
-    inside = (centres[None, :, None] >= start[:, None, :]) & (centres[None, :, None] <= end[:, None, :])  # [B, P, G]
+    d, c = duration[:, None, :], centres[None, :, None]  # [B, 1, G], [1, P, 1]
+    in_range = (d >= low[None, :, None]) & (d <= high[None, :, None])  # [B, P, G]
+    inside = (c >= start[:, None, :]) & (c <= end[:, None, :])  # [B, P, G]
     candidate = in_range & inside & gt_valid[:, None, :]  # [B, P, G]
     if candidate.shape[-1] == 0:
         return (torch.zeros(candidate.shape[:2], dtype=torch.long, device=centres.device),
@@ -356,7 +357,8 @@ def build_a2net(cfg: dict) -> A2Net:
             raise TalInputError(f"model.{key} is required for a2net")
     unknown = set(cfg.get("loss_weights") or {}) - set(THUMOS_LOSS_WEIGHTS)
     if unknown:
-        raise TalInputError(f"unknown model.loss_weights key(s) {sorted(unknown)}; known: {sorted(THUMOS_LOSS_WEIGHTS)}")
+        raise TalInputError(f"unknown model.loss_weights key(s) {sorted(unknown)}; "
+                            f"known: {sorted(THUMOS_LOSS_WEIGHTS)}")
     unknown = set(cfg.get("nms") or {}) - NMS_KEYS
     if unknown:
         raise TalInputError(f"unknown model.nms key(s) {sorted(unknown)}; known: {sorted(NMS_KEYS)}")
