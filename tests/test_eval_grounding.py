@@ -163,8 +163,10 @@ def test_gt_matching_errors(tmp_path):
 @pytest.mark.parametrize("row, message", [
     ({"video": "v", "query": "q", "segment": [0, 1]}, ":1: missing key 'moments'"),
     ({"query": "q", "segment": [0, 1], "moments": []}, ":1: missing key 'video'"),
-    ({"video": "v", "query": "q", "moments": []}, ":1: missing key 'segment' (the ground truth; or give --gt GT.jsonl)"),
-    ({"video": "v", "query": "q", "segment": [3, 1], "moments": []}, ":1: 'segment': segment end 1.0 is before its start"),
+    ({"video": "v", "query": "q", "moments": []},
+     ":1: missing key 'segment' (the ground truth; or give --gt GT.jsonl)"),
+    ({"video": "v", "query": "q", "segment": [3, 1], "moments": []},
+     ":1: 'segment': segment end 1.0 is before its start"),
     ({"video": "v", "query": "q", "segment": [0, 1], "moments": [[0, 1, float("nan")]]},
      ":1: moment 0 [0, 1, nan] is not finite"),
     ({"video": "v", "query": "q", "segment": [0, 1], "moments": [[0, 1, 0.5], [0, 1]]},

@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_gt_pred(detection)
     detection.add_argument("--tiou", type=_thresholds, default="0.5:0.95:0.05", metavar="A:B:STEP|X,Y,...",
-                           help="tIoU thresholds, a range or a comma list (default 0.5:0.95:0.05; THUMOS14 uses 0.3:0.7:0.1)")
+                           help="tIoU thresholds, a range or a comma list "
+                                "(default 0.5:0.95:0.05; THUMOS14 uses 0.3:0.7:0.1)")
     detection.add_argument("--per-class", action="store_true", help="also print the AP of every class at every tIoU")
     detection.set_defaults(func=_run_detection)
 
@@ -65,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grounding.add_argument("--pred", required=True, metavar="PRED.jsonl",
                            help='one query a line: {"video", "query", "segment"?, "moments": [[s, e, score], ...]}')
     grounding.add_argument("--gt", metavar="GT.jsonl",
-                           help='ground truth, one query a line {"video", "duration", "query", "segment"}; matched by line order '
+                           help='ground truth, one query a line {"video", "duration", "query", "segment"}; '
+                                'matched by line order '
                                 'when both files list the same queries, else by (video, query)')
     grounding.add_argument("--recall", type=_ranks, default=(1, 5), metavar="N,...", help="ranks n (default 1,5)")
     grounding.add_argument("--iou", type=_ious, default=(0.3, 0.5, 0.7), metavar="M,...",
@@ -80,7 +82,8 @@ def _add_gt_pred(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gt", required=True, metavar="GT.json",
                         help='ground truth, ActivityNet format {"database": {video: {"subset", "annotations"}}}')
     parser.add_argument("--pred", required=True, metavar="PRED.json",
-                        help='predictions, ActivityNet submission format {"results": {video: [{"label", "score", "segment"}]}}')
+                        help='predictions, ActivityNet submission format '
+                             '{"results": {video: [{"label", "score", "segment"}]}}')
     parser.add_argument("--subset", metavar="S",
                         help="ground-truth subset to evaluate on (required when the file has several)")
 

@@ -233,7 +233,8 @@ def _notes(ground_truth: DetectionAnnotations, predictions: SegmentPredictions, 
                          f"ground truth in this subset: {_examples(elsewhere)}")
         if unknown:
             notes.append(f"ignored {sum(unknown.values())} predictions of {len(unknown)} labels that are not classes "
-                         f"of {ground_truth.source or 'the ground truth'} (check the class names): {_examples(unknown)}")
+                         f"of {ground_truth.source or 'the ground truth'} (check the class names): "
+                         f"{_examples(unknown)}")
     if predictions.num_reversed:
         notes.append(f"{predictions.num_reversed} predicted segments have end < start: they overlap nothing and "
                      f"count as false positives (as in the official evaluator)")
@@ -245,7 +246,8 @@ def _notes(ground_truth: DetectionAnnotations, predictions: SegmentPredictions, 
     per_class = np.bincount(pred_class[pred_class >= 0], minlength=len(classes))
     missing = [label for c, label in enumerate(classes) if per_class[c] == 0]
     if missing:
-        notes.append(f"{len(missing)} of {len(classes)} classes have no predictions (AP 0): {_examples(dict.fromkeys(missing))}")
+        notes.append(f"{len(missing)} of {len(classes)} classes have no predictions (AP 0): "
+                     f"{_examples(dict.fromkeys(missing))}")
     return notes
 
 

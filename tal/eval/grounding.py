@@ -105,7 +105,8 @@ def _nms_ranks(moments: np.ndarray, valid: np.ndarray, threshold: float, top_k: 
         best = alive.argmax(axis=1)  # [Q] first surviving rank
         kept[:, r] = np.where(has, best, -1)
         alive[rows, best] = False
-        inter = np.maximum(0.0, np.minimum(end[rows, best][:, None], end) - np.maximum(start[rows, best][:, None], start))
+        best_start, best_end = start[rows, best][:, None], end[rows, best][:, None]  # [Q, 1]
+        inter = np.maximum(0.0, np.minimum(best_end, end) - np.maximum(best_start, start))  # [Q, K]
         with np.errstate(divide="ignore", invalid="ignore"):
             overlap = inter / (length[rows, best][:, None] + length - inter)  # [Q, K]
         if threshold < 1:

@@ -9,7 +9,10 @@ The protocol, as the official code does it:
   `w` kept proposals of each video; a ground truth is recalled at a point if one of those has
   tIoU >= the threshold; recall is averaged over tIoUs 0.5:0.95:0.05;
 - AUC is the trapezoid area under that curve divided by its last AN (the official code prints it
-  in percent; here it is a fraction).
+  in percent; here it is a fraction);
+- AR@n (n = 1, 5, 10, 50, 100, up to max_avg_proposals) is the curve at AN = n: with the default
+  max_avg_proposals = 100 that is its n-th point, as BSN/BMN report it; between points the same
+  per-video step rule is applied at AN = n.
 
 Vectorized: for every ground truth and threshold we find the rank of its first matching proposal
 once, then compare it with the per-video proposal counts of all 100 points at the same time.
@@ -65,7 +68,8 @@ class ProposalResult:
 
 
 def evaluate_proposals(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
-                       max_avg_proposals: float = 100, tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> ProposalResult:
+                       max_avg_proposals: float = 100,
+                       tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> ProposalResult:
     """AR-AN curve of `predictions` (labels ignored) against every video of `ground_truth`."""
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)  # [T]
     if not max_avg_proposals > 0:
@@ -101,7 +105,7 @@ def evaluate_proposals(ground_truth: DetectionAnnotations, predictions: SegmentP
     scale = max_avg_proposals * float(num_videos) / kept_total
     fraction = np.concatenate([np.arange(1, NUM_POINTS + 1) / 100.0, at_fraction]) * scale  # [J + N]
     width = np.where(num_props > 0, kept, 1)  # [V] columns of the official per-video tIoU matrix
-    num_used = np.minimum((width[:, None] * fraction[None, :]).astype(np.int64), width[:, None])  # [V, J]
+    num_used = np.minimum((width[:, None] * fraction[None, :]).astype(np.int64), width[:, None])  # [V, J + N]
 
     proposals = _ranked_proposals(predictions, num_props, start, kept)  # [V, K, 2]
     max_kept = proposals.shape[1]
@@ -109,7 +113,7 @@ def evaluate_proposals(ground_truth: DetectionAnnotations, predictions: SegmentP
     valid = np.arange(max_kept)[None, :] < kept[gt_video][:, None]  # [G, K]
     hit = (overlap[None] >= thresholds[:, None, None]) & valid[None]  # [T, G, K]
     first_hit = np.where(hit.any(axis=2), hit.argmax(axis=2), max_kept + 1)  # [T, G] rank of the first match
-    recalled = first_hit[:, :, None] < num_used[gt_video][None]  # [T, G, J]
+    recalled = first_hit[:, :, None] < num_used[gt_video][None]  # [T, G, J + N]
     recall = np.count_nonzero(recalled, axis=1) / float(len(gt_video))  # [T, J + N]
     avg_num_proposals = fraction[:NUM_POINTS] * (float(kept_total) / num_videos)
     ar_at = {n: float(value) for n, value in zip(at_points, recall[:, NUM_POINTS:].mean(axis=0))}
