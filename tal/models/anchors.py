@@ -10,7 +10,8 @@ dx = (x - x_a) / (w_a * scale_x), dw = log(w / w_a) / scale_w.
 Matching and sampling follow SSAD / A2Net: an anchor is positive when its best tIoU with a ground
 truth exceeds the threshold; a hard negative is a non-positive anchor whose *predicted* overlap exceeds
 it (the net believes it overlaps and is wrong); easy negatives are drawn at random among the rest,
-`ratio` per positive.
+`ratio` per positive. S3D follows SSD instead: `match_with_best_spans` also makes each ground truth's
+best default span positive, and `mine_hard_negatives` keeps the negatives with the highest loss.
 """
 from __future__ import annotations
 
@@ -105,3 +106,43 @@ def mine_negatives(best_tiou: torch.Tensor, predicted_tiou: torch.Tensor, valid:
     easy = torch.zeros_like(keys, dtype=torch.bool)
     easy[keys.topk(num_easy).indices] = True
     return positive, hard, easy.view(candidates.shape)
+
+
+def match_with_best_spans(anchors: torch.Tensor, anchor_valid: torch.Tensor, gt_segments: torch.Tensor,
+                          gt_valid: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SSD matching of default spans: above-threshold spans plus each ground truth's best span.
+
+    anchors [A, 2], anchor_valid [B, A] bool, gt_segments [B, G, 2], gt_valid [B, G] bool ->
+    tiou [B, A] with the assigned ground truth, gt_index [B, A], positive [B, A] (valid spans only).
+    A valid span is positive when its best tIoU exceeds `threshold` (see `match_segments`), or when it
+    is the valid span a ground truth overlaps most (first on ties; only if that tIoU is > 0, so a
+    zero-length ground truth forces nothing). A span that is the best of several ground truths takes
+    the one it overlaps most, even over a ground truth it would have been matched to by threshold.
+    """
+    _, index, positive = match_segments(anchors, gt_segments, gt_valid, threshold)  # [B, A] x2
+    if gt_segments.shape[1] == 0:
+        return anchors.new_zeros(positive.shape), index, positive & anchor_valid
+    overlaps = tiou(anchors[:, None, :], gt_segments[:, None, :, :])  # [B, A, G]
+    overlaps = overlaps.masked_fill(~(anchor_valid[:, :, None] & gt_valid[:, None, :]), -1.0)
+    best_of_gt = overlaps.argmax(dim=1)  # [B, G], the first best span of each ground truth
+    spans = torch.arange(anchors.shape[0], device=anchors.device)  # [A]
+    forced = (spans[None, :, None] == best_of_gt[:, None, :]) & (overlaps > 0)  # [B, A, G]
+    is_forced = forced.any(dim=-1)  # [B, A]
+    index = torch.where(is_forced, overlaps.masked_fill(~forced, -2.0).argmax(dim=-1), index)
+    assigned = overlaps.gather(-1, index[..., None]).squeeze(-1).clamp(min=0.0)  # [B, A]
+    return assigned, index, (positive | is_forced) & anchor_valid
+
+
+def mine_hard_negatives(negative_loss: torch.Tensor, candidates: torch.Tensor, num_positive: torch.Tensor,
+                        ratio: float) -> torch.Tensor:
+    """SSD hard-negative mining, per row (video): the candidates with the highest loss as background.
+
+    negative_loss [B, A] (e.g. -log p_background), candidates [B, A] bool, num_positive [B] ->
+    negatives [B, A] bool: the round(ratio * num_positive[b]) candidates of row b with the highest
+    loss (all of them if fewer; none when the row has no positive, as SSD). Ties go to the earlier span.
+    """
+    keys = negative_loss.masked_fill(~candidates, float("-inf"))  # [B, A]
+    order = keys.argsort(dim=1, descending=True, stable=True)  # [B, A]
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(keys.shape[1], device=keys.device).expand_as(order))
+    quota = torch.round(ratio * num_positive.to(torch.float64)).long()  # [B]
+    return candidates & (rank < quota[:, None])

@@ -144,3 +144,24 @@ def sample_segment_features(features: torch.Tensor, num_valid: torch.Tensor, vid
     sampled = (1 - weight) * pair[..., 0, :] + weight * pair[..., 1, :]  # [N, P, D]
     inside = (points >= 0) & (points <= length)  # [N, P]
     return sampled * inside[..., None].to(features.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dynamic (input-conditioned) convolution: MAN's sentence-generated filters
+
+
+def dynamic_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                   padding: int = 0) -> torch.Tensor:
+    """A 1D conv whose kernel differs per sample, for the whole batch in one grouped conv (groups = B).
+
+    x [B, C_in, T], weight [B, C_out, C_in, k], bias [B, C_out] or None -> [B, C_out, T + 2 * padding - k + 1].
+    Sample b is convolved with weight[b] only, exactly as a loop of F.conv1d over the batch would.
+    """
+    num_samples, in_dim, num_steps = x.shape
+    if weight.dim() != 4 or weight.shape[0] != num_samples or weight.shape[2] != in_dim:
+        raise ValueError(f"dynamic_conv1d: weight must be [B={num_samples}, C_out, C_in={in_dim}, k], "
+                         f"got {list(weight.shape)}")
+    out_dim, width = weight.shape[1], weight.shape[3]
+    out = F.conv1d(x.reshape(1, num_samples * in_dim, num_steps), weight.reshape(num_samples * out_dim, in_dim, width),
+                   None if bias is None else bias.reshape(-1), padding=padding, groups=num_samples)
+    return out.view(num_samples, out_dim, -1)

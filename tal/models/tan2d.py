@@ -14,6 +14,7 @@ Batch contract (dict; B queries):
 - text, from `model.prepare_text(sentences)`: "words" (token ids [B, L] long, or word vectors
   [B, L, E]) and "word_mask" [B, L] for the LSTM encoder; "sentence_vectors" [B, 384] for minilm;
 - "iou_targets": float [B, N, N], IoU of every cell with the ground truth (`iou_target_map`), for `forward`;
+  or, instead, "segment" float [B, 2] (start_s, end_s) from which `forward` computes them;
 - "duration": [B] seconds, for `decode_moments`.
 `forward(batch)` returns {"loss": scalar, "loss_bce": detached copy}; `predict(batch)` returns the
 score map [B, N, N] (sigmoid scores on valid cells, 0 elsewhere); `decode(scores, durations, ...)`
@@ -295,8 +296,10 @@ class Tan2D(nn.Module):
         return self.score(self.map_conv(fused))[:, 0] * mask  # [B, N, N]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        loss = scaled_iou_bce(self.logits(batch), batch["iou_targets"], self.mask, self.min_iou, self.max_iou,
-                              self.bias)
+        iou = batch.get("iou_targets")
+        if iou is None:
+            iou = iou_target_map(batch["segment"], batch["duration"], self.num_clips).to(batch["features"].device)
+        loss = scaled_iou_bce(self.logits(batch), iou, self.mask, self.min_iou, self.max_iou, self.bias)
         return {"loss": loss, "loss_bce": loss.detach()}
 
     @torch.no_grad()
