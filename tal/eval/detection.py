@@ -84,6 +84,45 @@ def tiou_keys(thresholds: np.ndarray) -> list[str]:
 def evaluate_detection(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
                        tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> DetectionResult:
     """mAP of `predictions` against every video of `ground_truth` (choose the subset before)."""
+    m = _match(ground_truth, predictions, tiou_thresholds)
+    notes = _notes(ground_truth, predictions, m.classes, m.pred_class, m.pred_video)
+    ap = np.zeros((len(m.thresholds), len(m.classes)))
+    for c in np.flatnonzero(m.class_counts):
+        ap[:, c] = _average_precision(m.tp[:, m.starts[c]:m.starts[c + 1]], m.num_gt[c])
+    return DetectionResult(m.thresholds, m.classes, ap, notes)
+
+
+def evaluate_detection_files(gt_path: str | Path, pred_path: str | Path, subset: str | None = None,
+                             tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> DetectionResult:
+    """`tal evaluate detection`: read both files, keep `subset`, compute mAP."""
+    ground_truth = load_subset(gt_path, subset)
+    return evaluate_detection(ground_truth, read_segment_predictions(pred_path, with_labels=True), tiou_thresholds)
+
+
+def class_matches(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
+                  tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> dict[str, tuple[np.ndarray, int]]:
+    """Per class, in `evaluate_detection`'s order: (true positives [T, n] of its n predictions in rank
+    order, number of ground truths). For precision/recall curves (`tal.viz`):
+    `_average_precision(tp, num_gt)` is `evaluate_detection(...).ap[:, c]`, by the same matching."""
+    m = _match(ground_truth, predictions, tiou_thresholds)
+    return {label: (m.tp[:, m.starts[c]:m.starts[c + 1]], int(m.num_gt[c])) for c, label in enumerate(m.classes)}
+
+
+@dataclass
+class _Matching:
+    thresholds: np.ndarray  # [T]
+    classes: list[str]  # [C]
+    pred_class: np.ndarray  # [N] class index, -1 for a label not in the ground truth
+    pred_video: np.ndarray  # [N] video index, -1 for a video not in the ground truth
+    tp: np.ndarray  # [T, P] true positives of the known-class predictions, by class then rank
+    class_counts: np.ndarray  # [C] predictions per class
+    starts: np.ndarray  # [C + 1] where each class's columns of tp start
+    num_gt: np.ndarray  # [C]
+
+
+def _match(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
+           tiou_thresholds: np.ndarray) -> _Matching:
+    """The official greedy matching of every prediction, per class in score order, at every tIoU."""
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)  # [T]
     if predictions.labels is None:
         raise TalInputError(f"{predictions.source}: detection predictions need a 'label' on every entry")
@@ -96,12 +135,10 @@ def evaluate_detection(ground_truth: DetectionAnnotations, predictions: SegmentP
     gt_class = np.array([class_index[label] for label in gt_labels], dtype=np.int64)  # [G]
     gt_video = np.repeat(np.arange(len(videos)), [len(a.labels) for a in videos])  # [G]
     gt_segments = np.concatenate([a.segments.reshape(-1, 2) for a in videos]).astype(np.float64)  # [G, 2]
-
     video_index = {a.video: v for v, a in enumerate(videos)}
     pred_video = np.array([video_index.get(vid, -1) for vid in predictions.video_ids],
                           dtype=np.int64)[predictions.video_of_each()]  # [N], -1: not in the subset
     pred_class = np.array([class_index.get(label, -1) for label in predictions.labels], dtype=np.int64)  # [N]
-    notes = _notes(ground_truth, predictions, classes, pred_class, pred_video)
 
     known = np.flatnonzero(pred_class >= 0)
     by_class = known[np.argsort(pred_class[known], kind="stable")]  # file order within a class
@@ -110,22 +147,11 @@ def evaluate_detection(ground_truth: DetectionAnnotations, predictions: SegmentP
         idx[np.argsort(predictions.scores[idx])[::-1]]
         for idx in np.split(by_class, np.cumsum(class_counts)[:-1])
     ])  # [P] prediction ids, by class then by rank
-
     tp = _greedy_match(predictions.segments[ranked], pred_class[ranked], pred_video[ranked],
                        gt_segments, gt_class, gt_video, len(videos), thresholds)  # [T, P]
     num_gt = np.bincount(gt_class, minlength=len(classes))  # [C]
-    ap = np.zeros((len(thresholds), len(classes)))
-    starts = np.concatenate([[0], np.cumsum(class_counts)])
-    for c in np.flatnonzero(class_counts):
-        ap[:, c] = _average_precision(tp[:, starts[c]:starts[c + 1]], num_gt[c])
-    return DetectionResult(thresholds, classes, ap, notes)
-
-
-def evaluate_detection_files(gt_path: str | Path, pred_path: str | Path, subset: str | None = None,
-                             tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> DetectionResult:
-    """`tal evaluate detection`: read both files, keep `subset`, compute mAP."""
-    ground_truth = load_subset(gt_path, subset)
-    return evaluate_detection(ground_truth, read_segment_predictions(pred_path, with_labels=True), tiou_thresholds)
+    starts = np.concatenate([[0], np.cumsum(class_counts)])  # [C + 1]
+    return _Matching(thresholds, classes, pred_class, pred_video, tp, class_counts, starts, num_gt)
 
 
 def _greedy_match(pred_segments: np.ndarray, pred_class: np.ndarray, pred_video: np.ndarray,
