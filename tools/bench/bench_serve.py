@@ -1,0 +1,183 @@
+"""Load-test the HTTP query API: N POST /query requests from C concurrent clients (httpx, one thread each).
+
+Reports latency percentiles (ms, per request, as a client sees it), throughput and errors (any answer
+but 200, or a failed connection). The server runs in a subprocess (this script with --serve), so the
+client threads do not compete with it for the GIL; it serves
+  real  tal.api.MomentRetriever.from_checkpoint(--checkpoint, --features), torch on --threads threads
+  fake  a stand-in whose query returns top_k fixed moments at once (no sleep, unless --fake-ms): the
+        cost of HTTP, JSON, validation and the model lock alone, the floor under any real model
+(fake unless both --checkpoint and --features are given). Queries cycle through the server's videos and
+a fixed set of sentences, or the (video, query) pairs of --queries GROUNDING.jsonl. Run it alone:
+
+    flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_serve.py --json bench_serve.json
+    flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_serve.py \\
+        --checkpoint work/charades/checkpoint_last.pt --features charades_vgg.h5 --queries charades_test.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+SENTENCES = ["a person opens the door", "someone is cooking at the stove", "the man picks up a phone",
+             "a woman sits down on the sofa", "person takes a towel", "they laugh and walk away",
+             "a person is putting a book on a shelf", "the girl turns off the light"]
+
+
+class FakeRetriever:
+    """top_k moments [i, i + 2] s with score 1 / (i + 1), after `delay_s` of pretend model time."""
+
+    def __init__(self, num_videos: int = 100, delay_s: float = 0.0):
+        self._videos = [f"video_{i:04d}" for i in range(num_videos)]
+        self.delay_s = delay_s
+
+    def videos(self) -> list[str]:
+        return list(self._videos)
+
+    def query(self, video: str, sentence: str, top_k: int = 5) -> list[dict]:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return [{"start": float(i), "end": float(i + 2), "score": 1.0 / (i + 1)} for i in range(top_k)]
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Child process: serve, print 'READY <url>' on stdout, stop when stdin closes."""
+    from tal.serve import BackgroundServer
+
+    if args.checkpoint:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        from tal.api import MomentRetriever
+
+        retriever = MomentRetriever.from_checkpoint(args.checkpoint, features=args.features, device=args.device)
+    else:
+        retriever = FakeRetriever(delay_s=args.fake_ms / 1000)
+    with BackgroundServer(retriever, log_level="warning") as server:
+        print("READY", server.url, flush=True)
+        sys.stdin.read()
+    return 0
+
+
+def request_bodies(args: argparse.Namespace, videos: list[str]) -> list[dict]:
+    if args.queries:
+        known = set(videos)
+        pairs = [(q["video"], q["query"]) for q in map(json.loads, Path(args.queries).read_text().splitlines())
+                 if q.get("video") in known]
+        if not pairs:
+            raise SystemExit(f"{args.queries}: no query is about a video the server has")
+    else:
+        pairs = [(video, SENTENCES[i % len(SENTENCES)]) for i, video in enumerate(videos)]
+    return [{"video": v, "query": q, "top_k": args.top_k} for v, q in itertools.islice(itertools.cycle(pairs),
+                                                                                     args.requests)]
+
+
+def fire(url: str, bodies: list[dict], clients: int) -> tuple[list[float], int, float]:
+    """POST every body from `clients` threads (each its own keep-alive connection): latencies (s), errors, wall s."""
+    import httpx
+
+    next_index = itertools.count()
+    latencies_s: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        nonlocal errors
+        with httpx.Client(base_url=url, timeout=60) as client:
+            while (i := next(next_index)) < len(bodies):  # itertools.count is atomic under the GIL
+                start = time.perf_counter()
+                try:
+                    ok = client.post("/query", json=bodies[i]).status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                elapsed_s = time.perf_counter() - start
+                with lock:
+                    latencies_s.append(elapsed_s)
+                    errors += not ok
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies_s, errors, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", metavar="CKPT", help="grounding checkpoint (with --features: real model)")
+    parser.add_argument("--features", metavar="H5", help="feature cache of the videos to query")
+    parser.add_argument("--queries", metavar="JSONL", help="grounding JSONL whose (video, query) pairs to send")
+    parser.add_argument("--device", default="cpu", help="torch device of the real model (default cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in the server (default 1)")
+    parser.add_argument("--fake-ms", type=float, default=0.0, help="pretend model time per fake query (default 0)")
+    parser.add_argument("--requests", type=int, default=2000, help="timed requests (default 2000)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
+    parser.add_argument("--warmup", type=int, default=50, help="untimed requests first (default 50)")
+    parser.add_argument("--top-k", type=int, default=5, help="top_k of every query (default 5)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args(argv)
+    if bool(args.checkpoint) != bool(args.features):
+        parser.error("give both --checkpoint and --features for the real model, or neither for the fake one")
+    if args.serve:
+        return serve(args)
+
+    import fastapi
+    import httpx
+    import uvicorn
+
+    kind = "real" if args.checkpoint else "fake"
+    child = subprocess.Popen([sys.executable, __file__, "--serve", *(argv if argv is not None else sys.argv[1:])],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ready = child.stdout.readline().split()
+        if ready[:1] != ["READY"]:
+            print(f"bench_serve: the server did not start (exit status {child.wait()})", file=sys.stderr)
+            return 1
+        url = ready[1]
+        videos = httpx.get(url + "/videos", timeout=60).json()["videos"]
+        fire(url, request_bodies(argparse.Namespace(**{**vars(args), "requests": args.warmup}), videos), args.clients)
+        latencies_s, errors, wall_s = fire(url, request_bodies(args, videos), args.clients)
+    finally:
+        child.stdin.close()
+        child.wait(timeout=60)
+
+    cuts_ms = statistics.quantiles([1000 * s for s in latencies_s], n=100, method="inclusive")
+    row = dict(retriever=kind, requests=len(latencies_s), clients=args.clients, errors=errors, wall_s=wall_s,
+               throughput_rps=len(latencies_s) / wall_s, p50_ms=cuts_ms[49], p95_ms=cuts_ms[94], p99_ms=cuts_ms[98],
+               mean_ms=1000 * statistics.fmean(latencies_s), max_ms=1000 * max(latencies_s))
+    what = (f"real model {args.checkpoint} on {args.features} ({args.device}, {args.threads} torch threads)"
+            if kind == "real" else f"fake retriever ({args.fake_ms:g} ms per query)")
+    print(f"POST /query: {row['requests']} requests from {args.clients} clients, top_k {args.top_k}, {what}; "
+          f"{len(videos)} videos, {os.cpu_count()} cores")
+    header = (f"{'retriever':<10} {'requests':>8} {'errors':>6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'p99 ms':>8} {'mean ms':>8} {'max ms':>8}")
+    print(header)
+    print("-" * len(header))
+    print(f"{kind:<10} {row['requests']:8d} {errors:6d} {row['throughput_rps']:8.1f} {row['p50_ms']:8.2f} "
+          f"{row['p95_ms']:8.2f} {row['p99_ms']:8.2f} {row['mean_ms']:8.2f} {row['max_ms']:8.2f}")
+    if args.json:
+        meta = dict(python=platform.python_version(), machine=platform.machine(), cpu_count=os.cpu_count(),
+                    fastapi=fastapi.__version__, uvicorn=uvicorn.__version__, httpx=httpx.__version__,
+                    retriever=kind, checkpoint=args.checkpoint, features=args.features, device=args.device,
+                    torch_threads=args.threads if kind == "real" else None, fake_ms=args.fake_ms,
+                    num_videos=len(videos), top_k=args.top_k, warmup=args.warmup, queries=args.queries)
+        args.json.write_text(json.dumps({"meta": meta, "rows": [row]}, indent=2))
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
