@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from tal.datasets.jsonio import iter_jsonl, parse_segment, require
+from tal.datasets.jsonio import iter_jsonl, parse_segment, require, write_jsonl_atomic
 from tal.datasets.types import GroundingQuery, LoadReport
 from tal.errors import TalInputError
 
@@ -67,15 +67,7 @@ def grounding_dict(query: GroundingQuery) -> dict:
 
 def write_grounding_jsonl(queries: Iterable[GroundingQuery], path: str | os.PathLike) -> None:
     """Write queries as contract JSONL, atomically (a temporary file renamed over `path`)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for q in queries:
-                f.write(json.dumps(grounding_dict(q), ensure_ascii=False) + "\n")
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_jsonl_atomic((grounding_dict(q) for q in queries), path)
 
 
 def clip_queries(

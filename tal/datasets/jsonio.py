@@ -60,3 +60,29 @@ def require(obj: dict, key: str, where: str) -> Any:
     if key not in obj:
         raise TalInputError(f"{where}: missing key {key!r}")
     return obj[key]
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write `text` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json_atomic(obj: Any, path: str | Path, indent: int | None = 2) -> Path:
+    return write_text_atomic(json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", path)
+
+
+def write_jsonl_atomic(rows: Any, path: str | Path) -> Path:
+    return write_text_atomic("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), path)

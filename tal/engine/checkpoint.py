@@ -1,0 +1,66 @@
+"""Checkpoints: one file holds everything to resume training or to run inference without the data.
+
+Layout (a dict saved with torch.save): format/version, "config" (the resolved config), "meta" (what the
+task read from the data: feature settings, class list, vocabulary...), "model" (state dict), and for
+resuming "optimizer", "scheduler", "scaler", "epoch" (epochs finished), "rng", "best", "history".
+Files are written to a temp file in the same folder, fsynced, then renamed: a kill while saving leaves
+the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tal.errors import TalInputError
+
+FORMAT = "tal-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write `state` (plus format and version) atomically to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a tal checkpoint; a missing, truncated or foreign file is a TalInputError saying so."""
+    path = Path(path)
+    if not path.is_file():
+        raise TalInputError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TalInputError(f"{path}: not a readable checkpoint ({reason}); it may be truncated: "
+                            f"use another checkpoint (checkpoint_best.pt / checkpoint_last.pt) or retrain") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise TalInputError(f"{path}: not a tal checkpoint (no '{FORMAT}' marker); "
+                            f"tal loads the checkpoints that `tal train` writes")
+    if state.get("version", 0) > VERSION:
+        raise TalInputError(f"{path}: checkpoint version {state['version']} is newer than this tal reads "
+                            f"({VERSION}); upgrade tal")
+    for key in ("config", "meta", "model"):
+        if key not in state:
+            raise TalInputError(f"{path}: checkpoint has no {key!r} entry")
+    return state

@@ -1,0 +1,76 @@
+"""The one place that knows about torch.distributed: process group, DDP wrapping, rank-0 duties.
+
+`tal train` started by `torchrun --nproc-per-node N` finds RANK / WORLD_SIZE / LOCAL_RANK in the
+environment, joins a process group (gloo on the CPU, nccl on CUDA) and wraps the head in
+DistributedDataParallel. train.batch_size is the *global* batch: each process takes 1/N of every batch
+(tal.tasks.base.global_batches) and DDP averages the gradients, so N processes take the same steps as
+one process with the same batch size (up to float rounding and losses normalised per process).
+Only rank 0 evaluates, logs and writes files; the others wait at a barrier.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str) -> tuple[DistContext, torch.device]:
+    """Join the process group when run under torchrun; returns the context and this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    ctx = DistContext(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    dev = torch.device(device)
+    if dev.type == "cuda" and ctx.active:
+        dev = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(dev)
+    if ctx.active and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return ctx, dev
+
+
+def wrap(model: nn.Module, ctx: DistContext, device: torch.device) -> nn.Module:
+    """DDP around the model when distributed (unused parameters allowed: heads skip modules per batch)."""
+    if not ctx.active:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.active:
+        dist.barrier()
+
+
+def broadcast(value, ctx: DistContext):
+    """Rank 0's picklable `value` on every rank."""
+    if not ctx.active:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.active and dist.is_initialized():
+        dist.destroy_process_group()

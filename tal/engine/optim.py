@@ -1,0 +1,60 @@
+"""Optimiser and learning-rate schedule from the `train` section of a config.
+
+Keys: `optimizer` (adamw | adam | sgd), `lr`, `weight_decay`, `momentum` (sgd), `schedule`
+(constant | cosine | step), `warmup_epochs` (linear warm-up from 0, per step), `milestones` and `gamma`
+(step: multiply by gamma after each listed epoch). The schedule is stepped once per batch, so its
+state in a checkpoint resumes exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from tal.errors import TalInputError
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
+    """The optimiser named by train.optimizer over the trainable parameters."""
+    name = str(train.get("optimizer", "adamw")).lower()
+    lr = float(train.get("lr", 1e-3))
+    weight_decay = float(train.get("weight_decay", 0.0 if name == "adam" else 1e-4))
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(train.get("momentum", 0.9)), weight_decay=weight_decay)
+    raise TalInputError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
+    """Multiplier of train.lr at optimisation step `step` (0-based)."""
+    epochs = int(train.get("epochs", 1))
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(round(float(train.get("warmup_epochs", 0)) * steps_per_epoch))
+    if step < warmup:
+        return (step + 1) / warmup
+    schedule = str(train.get("schedule", "constant")).lower()
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        epoch = step // max(1, steps_per_epoch)
+        passed = sum(epoch >= int(m) for m in train.get("milestones", []))
+        return float(train.get("gamma", 0.1)) ** passed
+    raise TalInputError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    train: dict) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR following `lr_factor` (validated now, not at the first step)."""
+    lr_factor(0, steps_per_epoch, train)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, train))

@@ -1,0 +1,299 @@
+"""The training loop shared by every head: `train(cfg, work_dir)` and `evaluate_checkpoint(cfg, ckpt)`.
+
+Per epoch: shuffle the task's items with a generator seeded by (seed, epoch), so a resumed run sees the
+same order; step with gradient-norm clipping and a per-step LR schedule; every `eval.interval` epochs
+(and after the last) predict the validation split and score it; save `checkpoint_last.pt` (model,
+optimiser, schedule, RNG states, history) atomically, and copy it to `checkpoint_best.pt` when the
+validation metric (`eval.metric`) improved. At the end the best checkpoint predicts the evaluation split:
+`predictions.json(l)` and `metrics.json` (what `tal evaluate` would print for them).
+
+train keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, schedule, warmup_epochs,
+milestones, gamma, clip_grad_norm (default 1.0; 0 turns it off), amp (CUDA mixed precision), log_interval.
+`--resume` continues from checkpoint_last.pt; the result equals an uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tal.config import save_config
+from tal.datasets.jsonio import write_json_atomic
+from tal.engine import distributed
+from tal.engine.checkpoint import load_checkpoint, save_checkpoint
+from tal.engine.optim import build_optimizer, build_scheduler
+from tal.errors import TalInputError
+from tal.tasks import build_task
+from tal.tasks.base import Task, check_section, global_batches, to_device
+
+TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "schedule", "warmup_epochs",
+              "milestones", "gamma", "clip_grad_norm", "amp", "log_interval"}
+LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
+logger = logging.getLogger("tal.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def metric_value(metrics: dict, name: str) -> float:
+    """metrics[name], where name may reach into a nested dict with '/' (e.g. "mAP/0.50")."""
+    node: Any = metrics
+    for part in name.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            flat = [k if not isinstance(v, dict) else f"{k}/{next(iter(v), '')}" for k, v in metrics.items()]
+            raise TalInputError(f"eval.metric {name!r} is not among the metrics ({', '.join(flat)})")
+        node = node[part]
+    return float(node)
+
+
+def _setup_logging(work_dir: Path, is_main: bool) -> logging.Handler | None:
+    if not is_main:
+        return None
+    handler = logging.FileHandler(work_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in logger.handlers):
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(stream)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return handler
+
+
+def _same_training(saved: dict, cfg: dict, path: Path) -> None:
+    """A resumed run must use the config it started with (epochs may grow)."""
+    def strip(c: dict) -> dict:
+        c = {k: (dict(v) if isinstance(v, dict) else v) for k, v in c.items()}
+        c.get("train", {}).pop("epochs", None)
+        return c
+
+    if strip(saved) != strip(cfg):
+        changed = sorted(k for k in set(saved) | set(cfg) if strip(saved).get(k) != strip(cfg).get(k))
+        raise TalInputError(f"{path}: the checkpoint was trained with a different config (sections {changed} "
+                            f"differ); resume with the same config and --set values, or use a new --work-dir")
+
+
+class Trainer:
+    """One training run in `work_dir` (see the module docstring)."""
+
+    def __init__(self, cfg: dict, work_dir: str | Path, device: str = "cpu", resume: bool = False,
+                 progress: bool = True):
+        self.cfg = cfg
+        self.train_cfg = check_section(cfg, "train", TRAIN_KEYS, "training loop")
+        self.work_dir = Path(work_dir)
+        self.ctx, self.device = distributed.setup(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TalInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        self.resume = resume
+        self.progress = progress and self.ctx.is_main
+        self.epochs = int(self.train_cfg.get("epochs", 10))
+        self.batch_size = int(self.train_cfg.get("batch_size", 32))
+        if self.epochs < 1 or self.batch_size < 1:
+            raise TalInputError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        self.clip = float(self.train_cfg.get("clip_grad_norm", 1.0))
+        self.amp = bool(self.train_cfg.get("amp", False)) and self.device.type == "cuda"
+        self.seed = int(cfg.get("seed", 0))
+
+    def run(self) -> dict:
+        """Train, evaluate, write the work dir; returns the metrics on the evaluation split."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        handler = _setup_logging(self.work_dir, self.ctx.is_main)
+        try:
+            return self._run()
+        finally:
+            if handler is not None:
+                logger.removeHandler(handler)
+                handler.close()
+            distributed.teardown(self.ctx)
+
+    def _run(self) -> dict:
+        seed_everything(self.seed)
+        task = build_task(self.cfg)
+        model = task.build_model().to(self.device)
+        steps_per_epoch = math.ceil(task.num_train_items() / self.batch_size)
+        optimizer = build_optimizer(model, self.train_cfg)
+        scheduler = build_scheduler(optimizer, steps_per_epoch, self.train_cfg)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        metric = str(self.cfg.get("eval", {}).get("metric", task.default_metric))
+        interval = max(1, int(self.cfg.get("eval", {}).get("interval", 1)))
+        start_epoch, best, history = 0, None, []
+        last_path = self.work_dir / LAST
+        if self.resume:
+            if not last_path.is_file():
+                raise TalInputError(f"--resume: {last_path} does not exist; train without --resume first")
+            state = load_checkpoint(last_path, map_location=self.device)
+            _same_training(state["config"], self.cfg, last_path)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            start_epoch, best, history = state["epoch"], state.get("best"), state.get("history", [])
+            set_rng_state(state["rng"])
+            if self.ctx.is_main:
+                logger.info(f"resumed from {last_path} after epoch {start_epoch}")
+        if self.ctx.is_main:
+            save_config(self.cfg, self.work_dir / "config.yaml")
+            logger.info(f"{getattr(task, 'describe', lambda: '')()}; {sum(p.numel() for p in model.parameters()):,} "
+                        f"parameters; {self.epochs} epochs of {steps_per_epoch} steps on {self.device}"
+                        + (f" x {self.ctx.world_size} processes" if self.ctx.active else ""))
+        net = distributed.wrap(model, self.ctx, self.device)
+
+        for epoch in range(start_epoch, self.epochs):
+            losses = self._train_epoch(task, net, model, optimizer, scheduler, scaler, epoch, steps_per_epoch)
+            record = {"epoch": epoch + 1, "loss": losses, "lr": optimizer.param_groups[0]["lr"]}
+            evaluate_now = (epoch + 1) % interval == 0 or epoch + 1 == self.epochs
+            improved = False
+            if evaluate_now and self.ctx.is_main:
+                metrics = task.evaluate(task.predict(model, task.val_split, self.device), task.val_split)
+                value = metric_value(metrics, metric)
+                record.update(val=metrics, metric=value)
+                improved = best is None or value > best["value"]
+                if improved:
+                    best = {"epoch": epoch + 1, "value": value, "metric": metric}
+            history.append(record)
+            if self.ctx.is_main:
+                state = {"config": self.cfg, "meta": task.meta, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_state(), "best": best,
+                         "history": history}
+                save_checkpoint(state, last_path)
+                if improved:
+                    tmp = self.work_dir / f".{BEST}.tmp"
+                    shutil.copyfile(last_path, tmp)
+                    tmp.replace(self.work_dir / BEST)
+                shown = f" {metric} {record['metric']:.4f}" + (" (best)" if improved else "") if "metric" in record else ""
+                logger.info(f"epoch {epoch + 1}/{self.epochs} loss {losses['loss']:.4f} "
+                            f"lr {record['lr']:.2e}{shown}")
+            distributed.barrier(self.ctx)
+
+        metrics = {}
+        if self.ctx.is_main:
+            best_path = self.work_dir / BEST
+            if best_path.is_file():
+                model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
+            predictions = task.predict(model, task.eval_split, self.device)
+            task.write_predictions(predictions, self.work_dir / task.predictions_name)
+            metrics = task.evaluate(predictions, task.eval_split)
+            write_json_atomic(metrics, self.work_dir / "metrics.json")
+            logger.info(f"{task.eval_split} metrics (best epoch {best['epoch'] if best else '-'}): "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in _flat(metrics).items()))
+        distributed.barrier(self.ctx)
+        return distributed.broadcast(metrics, self.ctx)
+
+    def _train_epoch(self, task: Task, net, model, optimizer, scheduler, scaler, epoch: int,
+                     steps_per_epoch: int) -> dict:
+        net.train()
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(task.num_train_items(), generator=generator)
+        batches = global_batches(order, self.batch_size, self.ctx.rank, self.ctx.world_size)
+        if self.progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                           file=sys.stderr, mininterval=1.0, disable=None)
+        totals: dict[str, float] = {}
+        count = 0
+        for step, indices in enumerate(batches):
+            batch = to_device(task.train_batch(model, indices), self.device)
+            with torch.autocast("cuda", enabled=self.amp) if self.amp else _nullcontext():
+                out = net(batch)
+            loss = out["loss"]
+            if not torch.isfinite(loss):
+                raise TalInputError(f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step "
+                                    f"{step + 1}; lower train.lr or check the features for extreme values")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if self.clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            for key, value in out.items():
+                if key.startswith("loss"):
+                    totals[key] = totals.get(key, 0.0) + float(value.detach())
+            count += 1
+        return {k: v / max(1, count) for k, v in totals.items()}
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}@"))
+        elif isinstance(value, (int, float)):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def train(cfg: dict, work_dir: str | Path, device: str = "cpu", resume: bool = False, progress: bool = True) -> dict:
+    """Train the config's head; see the module docstring. Returns the evaluation-split metrics."""
+    return Trainer(cfg, work_dir, device, resume, progress).run()
+
+
+def load_trained(checkpoint: str | Path, device: str = "cpu", cfg: dict | None = None,
+                 with_data: bool = False) -> tuple[Task, torch.nn.Module, dict]:
+    """(task, model in eval mode, checkpoint state) from a checkpoint; with_data loads the config's data too."""
+    state = load_checkpoint(checkpoint, map_location=device)
+    cfg = state["config"] if cfg is None else cfg
+    task = build_task(cfg, None if with_data else state["meta"])
+    if with_data:
+        _same_features(state["meta"], task.meta, checkpoint)
+        task.meta = {**task.meta, **{k: v for k, v in state["meta"].items() if k not in task.meta or k == "vocab"}}
+    model = task.build_model()
+    model.load_state_dict(state["model"])
+    return task, model.to(device).eval(), state
+
+
+def _same_features(trained: dict, now: dict, checkpoint) -> None:
+    """Refuse to evaluate a checkpoint on features of another dimension."""
+    if trained.get("input_dim") is not None and now.get("input_dim") not in (None, trained["input_dim"]):
+        raise TalInputError(f"{checkpoint}: trained on {trained['input_dim']}-d features, the config's cache holds "
+                            f"{now['input_dim']}-d ones")
+
+
+def evaluate_checkpoint(cfg: dict, checkpoint: str | Path, out: str | Path | None = None,
+                        device: str = "cpu") -> dict:
+    """Predict the config's evaluation split with a checkpoint, optionally write the predictions, score them."""
+    task, model, _ = load_trained(checkpoint, device, cfg, with_data=True)
+    predictions = task.predict(model, task.eval_split, torch.device(device))
+    if out is not None:
+        task.write_predictions(predictions, out)
+    return task.evaluate(predictions, task.eval_split)

@@ -1,0 +1,364 @@
+"""Action detection and proposals: ActivityNet-format annotations + cached features -> scored segments.
+
+Heads work in feature steps (feature i spans [i, i + 1)); this task converts with DESIGN.md's time
+rule, step x <-> t = ((x - 0.5) * stride + window / 2) / fps seconds, clipped to [0, duration].
+Two ways to feed a video (`dataset.mode`):
+- "window" (THUMOS14 style): windows of `num_steps` features, consecutive windows overlapping by
+  `window_overlap`; training uses the windows that hold at least one instance with `min_coverage` of
+  its length inside (instances are clipped to the window); at inference every window is predicted, the
+  detections shifted back, merged per video and passed through the head's NMS again.
+- "rescale" (ActivityNet style): each video's features linearly resampled to `num_steps` steps.
+Class-agnostic heads (`proposal_head`) write proposals; with `dataset.classification` (an ActivityNet
+classification submission, `{"results": {vid: [{"label", "score"}]}}`) each proposal is also paired with
+the video's `classes_per_proposal` best classes (score = proposal x class score) into detections.
+
+dataset keys: features, annotations, format, train_subset, val_subset, mode, num_steps, window_overlap,
+min_coverage, strip_prefix, classification, classes_per_proposal.
+eval keys: tiou (detection thresholds, "A:B:STEP" or a list; default 0.5:0.95:0.05), max_detections
+(per video, 200), batch_size, metric, interval.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tal.datasets.annotations import load_detection_annotations
+from tal.datasets.types import DetectionAnnotations
+from tal.errors import TalInputError
+from tal.eval.detection import ACTIVITYNET_TIOU, evaluate_detection
+from tal.eval.predictions import parse_segment_predictions
+from tal.eval.proposals import evaluate_proposals
+from tal.features.cache import FeatureCache, FeatureMeta, open_feature_cache
+from tal.ops.nms import postprocess_detections
+from tal.registry import MODELS, TASKS
+from tal.tasks.base import Task, check_section, to_device
+from tal.tasks.grounding import feature_settings
+
+DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
+                "window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal"}
+EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval"}
+MODES = ("window", "rescale")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A video's feature timing: enough to turn feature steps into seconds."""
+
+    fps: float
+    stride: int
+    window: int
+    duration: float
+    num_features: int
+
+    @classmethod
+    def of(cls, meta: FeatureMeta, duration: float | None = None) -> "Timing":
+        return cls(meta.fps, meta.stride, meta.window, float(duration or meta.duration), meta.num_features)
+
+    def to_seconds(self, steps: np.ndarray) -> np.ndarray:
+        seconds = ((np.asarray(steps, dtype=np.float64) - 0.5) * self.stride + self.window / 2) / self.fps
+        return seconds.clip(0.0, self.duration)
+
+    def to_steps(self, seconds: np.ndarray) -> np.ndarray:
+        return (np.asarray(seconds, dtype=np.float64) * self.fps - self.window / 2) / self.stride + 0.5
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A head input cut from a video: features [num_steps, D] and how its steps map to the video's."""
+
+    video: str
+    offset: float  # video step of chunk step 0
+    scale: float  # video steps per chunk step
+    num_valid: int
+
+
+def parse_tiou(value) -> np.ndarray:
+    """eval.tiou: "A:B:STEP" or a list of thresholds."""
+    if value is None:
+        return ACTIVITYNET_TIOU
+    if isinstance(value, str) and ":" in value:
+        start, stop, step = (float(x) for x in value.split(":"))
+        return np.round(np.arange(start, stop + step / 2, step), 6)
+    values = np.asarray(value if isinstance(value, (list, tuple)) else [value], dtype=np.float64)
+    if values.size == 0 or (values <= 0).any() or (values > 1).any():
+        raise TalInputError(f"eval.tiou must be thresholds in (0, 1], got {value!r}")
+    return values
+
+
+def window_starts(num_features: int, num_steps: int, overlap: float) -> list[int]:
+    """Start steps of the windows covering a video (the last one ends at the video's end)."""
+    if num_features <= num_steps:
+        return [0]
+    step = max(1, int(round(num_steps * (1.0 - overlap))))
+    starts = list(range(0, num_features - num_steps + 1, step))
+    if starts[-1] + num_steps < num_features:
+        starts.append(num_features - num_steps)
+    return starts
+
+
+def resample_features(features: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """[T, D] -> [num_steps, D] by linear interpolation between feature centres."""
+    return F.interpolate(features.t()[None], size=num_steps, mode="linear", align_corners=False)[0].t().contiguous()
+
+
+@TASKS.register("detection")
+class DetectionTask(Task):
+    """See the module docstring."""
+
+    predictions_name = "predictions.json"
+
+    def __init__(self, cfg: dict, meta: dict | None = None):
+        super().__init__(cfg, meta)
+        self.data = check_section(cfg, "dataset", DATASET_KEYS, "detection")
+        self.eval_cfg = check_section(cfg, "eval", EVAL_KEYS, "detection")
+        self.model_cfg = dict(cfg.get("model") or {})
+        self.mode = str(self.data.get("mode", "window"))
+        if self.mode not in MODES:
+            raise TalInputError(f"dataset.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        self.num_steps = int(self.data.get("num_steps", 128))
+        self.overlap = float(self.data.get("window_overlap", 0.25))
+        if self.num_steps < 2 or not 0.0 <= self.overlap < 1.0:
+            raise TalInputError(f"dataset.num_steps must be >= 2 and dataset.window_overlap in [0, 1), got "
+                                f"{self.num_steps} and {self.overlap}")
+        self.min_coverage = float(self.data.get("min_coverage", 0.5))
+        self.tiou = parse_tiou(self.eval_cfg.get("tiou"))
+        self.cache: FeatureCache | None = None
+        self.annotations: DetectionAnnotations | None = None
+        self.train_items: list[tuple[Chunk, np.ndarray, np.ndarray]] = []
+        self._features: dict[str, torch.Tensor] = {}
+        if meta is None:
+            self._load_data()
+        self.classes: list[str] = list(self.meta["classes"])
+
+    # ------------------------------------------------------------------ data
+    def _load_data(self) -> None:
+        for key in ("features", "annotations", "train_subset", "val_subset"):
+            if not self.data.get(key):
+                raise TalInputError(f"dataset.{key} is not set: detection needs dataset.features=H5 "
+                                    f"dataset.annotations=JSON dataset.train_subset=S dataset.val_subset=S")
+        self.cache = open_feature_cache(self.data["features"])
+        self.annotations = load_detection_annotations(self.data["annotations"], self.data.get("format", "auto"),
+                                                      strip_prefix=self.data.get("strip_prefix"))
+        train = self._subset(self.data["train_subset"])
+        self._subset(self.data["val_subset"])
+        classes = sorted({label for a in train.videos.values() for label in a.labels})
+        if not classes:
+            raise TalInputError(f"{self.annotations.source}: subset {self.data['train_subset']!r} has no instances")
+        dim = self.cache.feature_dim
+        given = self.model_cfg.get("input_dim")
+        if given is not None and int(given) != dim:
+            raise TalInputError(f"model.input_dim={given} but {self.cache.path} holds {dim}-d features; drop "
+                                f"model.input_dim (it is read from the cache)")
+        self.meta = {"features": feature_settings(self.cache), "input_dim": dim, "classes": classes,
+                     "mode": self.mode, "num_steps": self.num_steps}
+        self.classes = classes
+        self.train_items = self._training_chunks(train)
+        if not self.train_items:
+            raise TalInputError(f"no training window holds an instance (dataset.num_steps={self.num_steps}, "
+                                f"min_coverage={self.min_coverage}); check the annotations' times against the features")
+
+    def _subset(self, name: str) -> DetectionAnnotations:
+        subset = self.annotations.subset(name)
+        if not subset.videos:
+            raise TalInputError(f"{self.annotations.source}: no video in subset {name!r}; subsets present: "
+                                f"{', '.join(self.annotations.subsets())}")
+        missing = sorted(v for v in subset.videos if v not in self.cache)
+        if missing:
+            raise TalInputError(f"{self.cache.path}: {len(missing)} video(s) of subset {name!r} have no features "
+                                f"(e.g. {', '.join(missing[:3])}); extract or import them, or fix dataset.features")
+        return subset
+
+    def _training_chunks(self, train: DetectionAnnotations) -> list[tuple[Chunk, np.ndarray, np.ndarray]]:
+        index = {c: i for i, c in enumerate(self.classes)}
+        items = []
+        for vid, annotation in train.videos.items():
+            timing = Timing.of(self.cache.meta(vid), annotation.duration)
+            segments = timing.to_steps(annotation.segments.reshape(-1, 2))  # [N, 2] video steps
+            labels = np.array([index[label] for label in annotation.labels], dtype=np.int64)
+            for chunk in self.chunks(vid, timing.num_features):
+                local = (segments - chunk.offset) / chunk.scale  # [N, 2] chunk steps
+                clipped = local.clip(0.0, chunk.num_valid)
+                length = np.maximum(local[:, 1] - local[:, 0], 1e-9)
+                keep = (clipped[:, 1] - clipped[:, 0]) / length >= self.min_coverage
+                if keep.any():
+                    items.append((chunk, clipped[keep].astype(np.float32), labels[keep]))
+        return items
+
+    def chunks(self, video: str, num_features: int) -> list[Chunk]:
+        """The head inputs of a video, in the configured mode."""
+        if self.mode == "rescale":
+            return [Chunk(video, 0.0, num_features / self.num_steps, self.num_steps)]
+        return [Chunk(video, float(start), 1.0, min(self.num_steps, num_features - start))
+                for start in window_starts(num_features, self.num_steps, self.overlap)]
+
+    def chunk_features(self, chunk: Chunk, features: torch.Tensor) -> torch.Tensor:
+        """[num_valid, D] of the chunk (rescaled, or a window of the video)."""
+        if self.mode == "rescale":
+            return resample_features(features, self.num_steps)
+        start = int(chunk.offset)
+        return features[start:start + chunk.num_valid]
+
+    def _video_features(self, video: str) -> torch.Tensor:
+        if video not in self._features:
+            self._features[video] = torch.from_numpy(self.cache.features(video))
+        return self._features[video]
+
+    # ------------------------------------------------------------------ model and batches
+    def build_model(self) -> nn.Module:
+        cfg = dict(self.model_cfg)
+        cfg["input_dim"] = self.meta["input_dim"]
+        builder = MODELS.get(cfg.get("name"))
+        if getattr(builder, "proposal_head", False) or cfg["name"] in ("bsnpp", "s2dtan"):
+            return builder(cfg)
+        cfg["num_classes"] = len(self.meta["classes"])
+        return builder(cfg)
+
+    def num_train_items(self) -> int:
+        return len(self.train_items)
+
+    def pad_batch(self, inputs: list[torch.Tensor]) -> dict:
+        """features [B, num_steps, D] zero-padded, mask [B, num_steps]."""
+        dim = inputs[0].shape[1]
+        features = torch.zeros(len(inputs), self.num_steps, dim)
+        mask = torch.zeros(len(inputs), self.num_steps, dtype=torch.bool)
+        for b, x in enumerate(inputs):
+            features[b, :len(x)] = x
+            mask[b, :len(x)] = True
+        return {"features": features, "mask": mask}
+
+    def train_batch(self, model: nn.Module, indices: list[int]) -> dict:
+        items = [self.train_items[i] for i in indices]
+        batch = self.pad_batch([self.chunk_features(c, self._video_features(c.video)) for c, _, _ in items])
+        batch["segments"] = [torch.from_numpy(s) for _, s, _ in items]
+        batch["labels"] = [torch.from_numpy(labels) for _, _, labels in items]
+        return batch
+
+    # ------------------------------------------------------------------ inference
+    def is_proposal_head(self, model: nn.Module) -> bool:
+        return bool(getattr(model, "proposal_head", False))
+
+    @torch.no_grad()
+    def detect_video(self, model: nn.Module, features: np.ndarray | torch.Tensor, timing: Timing,
+                     device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One video's detections: segments [K, 2] seconds, scores [K], class indices [K] (0 for proposals)."""
+        model.eval()
+        features = torch.as_tensor(features, dtype=torch.float32)
+        chunks = self.chunks("", len(features))
+        size = int(self.eval_cfg.get("batch_size", 16))
+        segments, scores, labels = [], [], []
+        for start in range(0, len(chunks), size):
+            part = chunks[start:start + size]
+            batch = to_device(self.pad_batch([self.chunk_features(c, features) for c in part]), device)
+            for chunk, (seg, score, label) in zip(part, model.predict(batch)):
+                segments.append(seg.double().cpu() * chunk.scale + chunk.offset)
+                scores.append(score.double().cpu())
+                labels.append(label.long().cpu())
+        segments, scores, labels = torch.cat(segments), torch.cat(scores), torch.cat(labels)
+        max_detections = int(self.eval_cfg.get("max_detections", 200))
+        if len(chunks) > 1 and len(scores):
+            nms = dict(getattr(model, "nms", None) or {"method": "hard", "iou_threshold": 0.5})
+            nms["max_detections"] = max_detections
+            segments, scores, labels = postprocess_detections(segments, scores, labels, **nms)
+        order = scores.argsort(descending=True, stable=True)[:max_detections]
+        seconds = timing.to_seconds(segments[order].numpy())
+        return seconds, scores[order].numpy(), labels[order].numpy()
+
+    def video_items(self, split: str) -> list[tuple[str, Timing]]:
+        subset = self.annotations.subset(self.data["val_subset"] if split in ("val", "test") else split)
+        return [(vid, Timing.of(self.cache.meta(vid), a.duration)) for vid, a in subset.videos.items()]
+
+    def predict(self, model: nn.Module, split: str, device: torch.device) -> dict:
+        proposals = self.is_proposal_head(model)
+        results = {}
+        for vid, timing in self.video_items(split):
+            segments, scores, labels = self.detect_video(model, self._video_features(vid), timing, device)
+            results[vid] = detection_rows(self, segments, scores, labels, proposals)
+        out = {"version": "tal", "results": results, "external_data": {}}
+        if proposals and self.data.get("classification"):
+            out["detections"] = fuse_video_classes(results, read_classification(self.data["classification"]),
+                                                   int(self.data.get("classes_per_proposal", 2)))
+        return out
+
+    def evaluate(self, predictions: dict, split: str) -> dict:
+        truth = self.annotations.subset(self.data["val_subset"])
+        if "detections" in predictions or any("label" in r for rows in predictions["results"].values() for r in rows):
+            data = {"results": predictions.get("detections", predictions["results"])}
+            parsed = parse_segment_predictions(data, "predictions", with_labels=True)
+            metrics = evaluate_detection(truth, parsed, self.tiou).to_json()
+            if "detections" not in predictions:
+                return metrics
+        else:
+            metrics = {}
+        parsed = parse_segment_predictions({"results": predictions["results"]}, "predictions", with_labels=False)
+        return {**evaluate_proposals(truth, parsed).to_json(), **metrics}
+
+    def write_predictions(self, predictions: dict, path: str | Path) -> None:
+        from tal.datasets.jsonio import write_json_atomic
+
+        path = Path(path)
+        out = {k: v for k, v in predictions.items() if k != "detections"}
+        write_json_atomic(out, path, indent=None)
+        if "detections" in predictions:
+            write_json_atomic({**out, "results": predictions["detections"]},
+                              path.with_name(path.stem + "_detections.json"), indent=None)
+
+    @property
+    def default_metric(self) -> str:  # type: ignore[override]
+        name = self.model_cfg.get("name")
+        proposal = getattr(MODELS.get(name), "proposal_head", False) or name in ("bsnpp", "s2dtan")
+        return "AR@100" if proposal and not self.data.get("classification") else "average_mAP"
+
+    @property
+    def eval_split(self) -> str:
+        return "val"
+
+    @property
+    def val_split(self) -> str:
+        return "val"
+
+    def describe(self) -> str:
+        return (f"detection: {len(self.train_items)} training {self.mode} inputs of {self.num_steps} steps, "
+                f"{len(self.classes)} classes, {self.meta.get('input_dim')}-d features")
+
+
+def read_classification(path: str | Path) -> dict[str, list[tuple[str, float]]]:
+    """Video-level class scores from an ActivityNet classification submission: vid -> [(label, score)], best first."""
+    from tal.datasets.jsonio import read_json
+
+    data = read_json(path)
+    results = data.get("results") if isinstance(data, dict) else None
+    if not isinstance(results, dict):
+        raise TalInputError(f"{path}: not a classification file (expected {{'results': {{vid: [{{label, score}}]}}}})")
+    out = {}
+    for vid, rows in results.items():
+        try:
+            pairs = [(str(r["label"]), float(r["score"])) for r in rows]
+        except (KeyError, TypeError, ValueError):
+            raise TalInputError(f"{path}: video {vid!r}: each entry needs a 'label' and a numeric 'score'") from None
+        out[vid] = sorted(pairs, key=lambda p: -p[1])
+    return out
+
+
+def fuse_video_classes(proposals: dict[str, list[dict]], classes: dict[str, list[tuple[str, float]]],
+                       top_k: int) -> dict[str, list[dict]]:
+    """Detections from class-agnostic proposals: each proposal x each of its video's top_k classes."""
+    missing = [vid for vid in proposals if vid not in classes]
+    if missing:
+        raise TalInputError(f"dataset.classification has no scores for {len(missing)} video(s) "
+                            f"(e.g. {', '.join(missing[:3])})")
+    return {vid: [{"label": label, "score": p["score"] * score, "segment": p["segment"]}
+                  for p in rows for label, score in classes[vid][:top_k]]
+            for vid, rows in proposals.items()}
+
+
+def detection_rows(task: DetectionTask, segments: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                   proposals: bool) -> list[dict]:
+    """Contract rows [{label, score, segment}] (label omitted for proposals)."""
+    return [{"score": float(s), "segment": [float(a), float(b)]} if proposals else
+            {"label": task.classes[int(c)], "score": float(s), "segment": [float(a), float(b)]}
+            for (a, b), s, c in zip(segments, scores, labels) if b > a]
