@@ -1,0 +1,182 @@
+"""Inference from Python: `MomentRetriever` (sentence -> moments) and `ActionDetector` (video -> actions).
+
+Both load a checkpoint written by `tal train`; it records the head, its config, the class list or the
+vocabulary, and the feature settings the head was trained on. A video is given either as an id in a
+feature cache, or as a path to a video file: then its features are extracted with the recorded settings
+(backbone, weights, fps, window, stride) into a cache (`cache=` path, or a temporary one), so asking
+again is instant. A cache made with other settings is refused: its features would not mean what the
+head learned.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tal.errors import TalInputError
+from tal.features.cache import FeatureCache, open_feature_cache
+
+SETTING_KEYS = ("backbone", "fps", "window", "stride", "feature_dim")
+
+
+def check_feature_settings(trained: dict, cache: FeatureCache, checkpoint: str | Path) -> None:
+    """Refuse a cache whose backbone / timing / dimension differ from what the head was trained on."""
+    from tal.tasks.grounding import feature_settings
+
+    have = feature_settings(cache) if cache.videos else {**cache.attrs, "feature_dim": cache.feature_dim}
+    differ = []
+    for key in SETTING_KEYS:
+        want, got = trained.get(key), have.get(key)
+        if want is None or got is None:
+            continue
+        same = abs(float(want) - float(got)) < 1e-6 if isinstance(want, (int, float)) and isinstance(
+            got, (int, float)) else str(want) == str(got)
+        if not same:
+            differ.append(f"{key} {got!r} (trained with {want!r})")
+    if differ:
+        raise TalInputError(f"{cache.path}: features were made with other settings than {checkpoint} was trained "
+                            f"on: {'; '.join(differ)}. Extract them again with those settings (tal extract-features "
+                            f"--backbone {trained.get('backbone')} --fps {trained.get('fps')} --window "
+                            f"{trained.get('window')} --stride {trained.get('stride')}) or pass the video path")
+
+
+class _Predictor:
+    """Checkpoint + features, shared by the two public classes."""
+
+    task_name = ""
+
+    def __init__(self, checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
+                 cache: str | Path | None = None):
+        from tal.engine.trainer import load_trained
+        from tal.tasks.base import task_name
+
+        self.checkpoint = Path(checkpoint)
+        self.device = torch.device(device)
+        self.task, self.model, state = load_trained(checkpoint, device)
+        if task_name(state["config"]) != self.task_name:
+            raise TalInputError(f"{checkpoint}: a {task_name(state['config'])} checkpoint; "
+                                f"{type(self).__name__} needs a {self.task_name} one")
+        self.settings: dict = dict(state["meta"].get("features") or {})
+        self.features = open_feature_cache(features) if features is not None else None
+        if self.features is not None:
+            check_feature_settings(self.settings, self.features, checkpoint)
+        self._cache_path = Path(cache) if cache is not None else None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._extracted: FeatureCache | None = None
+
+    def videos(self) -> list[str]:
+        """Video ids of the feature cache given at load time."""
+        return list(self.features.videos) if self.features is not None else []
+
+    def _features_of(self, video: str | Path) -> tuple[Any, Any]:
+        """(features [T, D], FeatureMeta) of a cached id, or of a video file (extracted on first use)."""
+        if self.features is not None and str(video) in self.features:
+            vid = str(video)
+            return self.features.features(vid), self.features.meta(vid)
+        path = Path(video)
+        if not path.is_file():
+            known = ", ".join(self.videos()[:3])
+            raise TalInputError(f"unknown video {str(video)!r}: not in the feature cache"
+                                f"{' (e.g. ' + known + ')' if known else ''} and not a video file")
+        cache = self._extract(path)
+        vid = _video_key(path)
+        return cache.features(vid), cache.meta(vid)
+
+    def _extract(self, path: Path) -> FeatureCache:
+        from tal.features.extract import ExtractSettings, VideoJob, extract_features
+
+        if not self.settings.get("backbone") or str(self.settings["backbone"]).startswith("synthetic"):
+            raise TalInputError(f"{self.checkpoint} was trained on features with no extractor "
+                                f"({self.settings.get('backbone')!r}); give a feature cache instead of a video file")
+        vid = _video_key(path)
+        if self._extracted is not None and vid in self._extracted:
+            return self._extracted
+        if self._cache_path is None:
+            self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="tal-features-")
+            out = Path(self._tmp.name) / "features.h5"
+        else:
+            out = self._cache_path
+        fps = self.settings.get("fps")
+        weights = self.settings.get("weights")
+        settings = ExtractSettings(backbone=str(self.settings["backbone"]),
+                                   weights=None if weights in (None, "none", "") else str(weights),
+                                   fps=None if fps in (None, "native") else float(fps),
+                                   window=self.settings.get("window"), stride=self.settings.get("stride"),
+                                   workers=0, device=str(self.device))
+        result = extract_features([VideoJob(vid, str(path))], out, settings, progress=False)
+        if result.failures:
+            raise TalInputError(f"{path}: feature extraction failed: {result.failures[0]['reason']}")
+        if self._extracted is not None:
+            self._extracted.close()
+        self._extracted = open_feature_cache(out)
+        check_feature_settings(self.settings, self._extracted, self.checkpoint)
+        return self._extracted
+
+
+def _video_key(path: Path) -> str:
+    return str(path.resolve())
+
+
+class MomentRetriever(_Predictor):
+    """Moment retrieval with a trained grounding head (2D-TAN, MAN).
+
+    >>> r = MomentRetriever.from_checkpoint("runs/x/checkpoint_best.pt", features="feats.h5")
+    >>> r.query("video_0001", "a person opens the door", top_k=5)
+    [{"start": 3.1, "end": 9.4, "score": 0.83}, ...]
+    """
+
+    task_name = "grounding"
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
+                        cache: str | Path | None = None) -> "MomentRetriever":
+        return cls(checkpoint, features, device, cache)
+
+    def query(self, video: str | Path, sentence: str, top_k: int = 5) -> list[dict[str, float]]:
+        """Ranked moments [{"start", "end", "score"}] in seconds, best first, for a sentence."""
+        from tal.tasks.grounding import query_moments
+
+        if not isinstance(sentence, str) or not sentence.strip():
+            raise TalInputError("the query sentence is empty")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise TalInputError(f"top_k must be a positive integer, got {top_k!r}")
+        features, meta = self._features_of(video)
+        return query_moments(self.task, self.model, features, meta.duration, sentence.strip(), top_k, self.device)
+
+
+class ActionDetector(_Predictor):
+    """Action detection (or proposals) with a trained detection head (A2Net, S3D, TCN, BSN++, S-2D-TAN).
+
+    >>> d = ActionDetector.from_checkpoint("runs/thumos/checkpoint_best.pt")
+    >>> d.detect("my_video.mp4")
+    [{"label": "jump", "score": 0.91, "start": 12.3, "end": 15.0}, ...]
+    """
+
+    task_name = "detection"
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
+                        cache: str | Path | None = None) -> "ActionDetector":
+        return cls(checkpoint, features, device, cache)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.task.classes)
+
+    def detect(self, video: str | Path, score_threshold: float = 0.0, top_k: int | None = None) -> list[dict]:
+        """Detections [{"label", "score", "start", "end"}] in seconds, best first (label None for proposals)."""
+        from tal.tasks.detection import Timing
+
+        features, meta = self._features_of(video)
+        segments, scores, labels = self.task.detect_video(self.model, features, Timing.of(meta), self.device)
+        proposals = self.task.is_proposal_head(self.model)
+        out = [{"label": None if proposals else self.task.classes[int(c)], "score": float(s),
+                "start": float(a), "end": float(b)}
+               for (a, b), s, c in zip(segments, scores, labels) if b > a and s >= score_threshold]
+        return out[:top_k] if top_k else out
+
+    def duration_of(self, video: str | Path) -> float:
+        """Duration (s) of a cached id or video file, as the feature cache records it."""
+        return float(self._features_of(video)[1].duration)
