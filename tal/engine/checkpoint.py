@@ -9,8 +9,6 @@ the previous checkpoint intact.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ from tal.errors import TalInputError
 
 FORMAT = "tal-checkpoint"
 VERSION = 1
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
@@ -49,8 +48,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise TalInputError(f"{path}: no such checkpoint file")
     try:
+        with path.open("rb") as f:
+            head = f.read(len(ZIP_MAGIC))
+        if head != ZIP_MAGIC:  # never unpickle arbitrary bytes: a huge pickle FRAME length alone can exhaust memory
+            raise ValueError("empty file" if not head else "not a torch zip archive")
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # whatever unpickling a damaged file raises (EOF, overflow, bad opcode, zip...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TalInputError(f"{path}: not a readable checkpoint ({reason}); it may be truncated: "
                             f"use another checkpoint (checkpoint_best.pt / checkpoint_last.pt) or retrain") from None

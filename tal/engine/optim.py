@@ -38,19 +38,19 @@ def lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
     epochs = int(train.get("epochs", 1))
     total = max(1, epochs * steps_per_epoch)
     warmup = int(round(float(train.get("warmup_epochs", 0)) * steps_per_epoch))
+    schedule = str(train.get("schedule", "constant")).lower()
+    if schedule not in SCHEDULES:  # checked before the warm-up, so build_scheduler catches a typo at once
+        raise TalInputError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
     if step < warmup:
         return (step + 1) / warmup
-    schedule = str(train.get("schedule", "constant")).lower()
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if schedule == "step":
-        epoch = step // max(1, steps_per_epoch)
-        passed = sum(epoch >= int(m) for m in train.get("milestones", []))
-        return float(train.get("gamma", 0.1)) ** passed
-    raise TalInputError(f"train.schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+    epoch = step // max(1, steps_per_epoch)  # "step"
+    passed = sum(epoch >= int(m) for m in train.get("milestones", []))
+    return float(train.get("gamma", 0.1)) ** passed
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int,

@@ -72,20 +72,19 @@ def metric_value(metrics: dict, name: str) -> float:
     return float(node)
 
 
-def _setup_logging(work_dir: Path, is_main: bool) -> logging.Handler | None:
+def _setup_logging(work_dir: Path, is_main: bool) -> list[logging.Handler]:
+    """train.log and stderr handlers for one run; the caller removes both (the next run's stderr may differ)."""
     if not is_main:
-        return None
+        return []
     handler = logging.FileHandler(work_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logger.addHandler(handler)
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in logger.handlers):
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(stream)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter("%(message)s"))
+    for h in (handler, stream):
+        logger.addHandler(h)
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    return handler
+    return [handler, stream]
 
 
 def _same_training(saved: dict, cfg: dict, path: Path) -> None:
@@ -125,11 +124,11 @@ class Trainer:
     def run(self) -> dict:
         """Train, evaluate, write the work dir; returns the metrics on the evaluation split."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        handler = _setup_logging(self.work_dir, self.ctx.is_main)
+        handlers = _setup_logging(self.work_dir, self.ctx.is_main)
         try:
             return self._run()
         finally:
-            if handler is not None:
+            for handler in handlers:
                 logger.removeHandler(handler)
                 handler.close()
             distributed.teardown(self.ctx)

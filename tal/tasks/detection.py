@@ -83,7 +83,7 @@ def parse_tiou(value) -> np.ndarray:
         return ACTIVITYNET_TIOU
     if isinstance(value, str) and ":" in value:
         start, stop, step = (float(x) for x in value.split(":"))
-        return np.round(np.arange(start, stop + step / 2, step), 6)
+        return np.linspace(start, stop, int(round((stop - start) / step)) + 1)  # as `tal evaluate --tiou` does
     values = np.asarray(value if isinstance(value, (list, tuple)) else [value], dtype=np.float64)
     if values.size == 0 or (values <= 0).any() or (values > 1).any():
         raise TalInputError(f"eval.tiou must be thresholds in (0, 1], got {value!r}")
