@@ -10,6 +10,7 @@ Only rank 0 evaluates, logs and writes files; the others wait at a barrier.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +42,8 @@ def setup(device: str) -> tuple[DistContext, torch.device]:
         dev = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(dev)
     if ctx.active and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # rank 0 evaluates alone while the others wait: allow long evaluations before a collective times out
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return ctx, dev
 
 
@@ -69,6 +71,16 @@ def broadcast(value, ctx: DistContext):
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def mean_over_ranks(values: dict[str, float], ctx: DistContext, device: torch.device) -> dict[str, float]:
+    """The mean over processes of per-process numbers (epoch losses for the log)."""
+    if not ctx.active or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)  # nccl needs CUDA tensors
+    dist.all_reduce(tensor)
+    return {k: float(v) / ctx.world_size for k, v in zip(keys, tensor.tolist())}
 
 
 def teardown(ctx: DistContext) -> None:

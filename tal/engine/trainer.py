@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -156,6 +155,11 @@ class Trainer:
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, best, history = state["epoch"], state.get("best"), state.get("history", [])
+            saved_epochs = int(state["config"].get("train", {}).get("epochs", self.epochs))
+            if saved_epochs != self.epochs and self.ctx.is_main and self.train_cfg.get("schedule", "constant") != "constant":
+                logger.info(f"note: train.epochs changed from {saved_epochs} to {self.epochs}; the "
+                            f"{self.train_cfg.get('schedule')} schedule follows the new length from here on, so the "
+                            f"result differs from a run started with {self.epochs} epochs")
             set_rng_state(state["rng"])
             if self.ctx.is_main:
                 logger.info(f"resumed from {last_path} after epoch {start_epoch}")
@@ -184,11 +188,9 @@ class Trainer:
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_state(), "best": best,
                          "history": history}
+                if improved:  # best first: a kill between the two saves only repeats this epoch on --resume
+                    save_checkpoint(state, self.work_dir / BEST)
                 save_checkpoint(state, last_path)
-                if improved:
-                    tmp = self.work_dir / f".{BEST}.tmp"
-                    shutil.copyfile(last_path, tmp)
-                    tmp.replace(self.work_dir / BEST)
                 shown = f" {metric} {record['metric']:.4f}" + (" (best)" if improved else "") if "metric" in record else ""
                 logger.info(f"epoch {epoch + 1}/{self.epochs} loss {losses['loss']:.4f} "
                             f"lr {record['lr']:.2e}{shown}")
@@ -241,7 +243,8 @@ class Trainer:
                 if key.startswith("loss"):
                     totals[key] = totals.get(key, 0.0) + float(value.detach())
             count += 1
-        return {k: v / max(1, count) for k, v in totals.items()}
+        means = {k: v / max(1, count) for k, v in totals.items()}
+        return distributed.mean_over_ranks(means, self.ctx, self.device)
 
 
 class _nullcontext:
