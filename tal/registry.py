@@ -43,3 +43,24 @@ class Registry:
 
 MODELS = Registry("model")
 TASKS = Registry("task")
+
+
+REQUIRED_HINTS = {"input_dim": " (the feature dimension D)"}
+
+
+def model_section(cfg: dict, head: str, known: set[str], required: tuple[str, ...] = ("input_dim",),
+                  sections: dict[str, set[str] | dict] | None = None) -> dict:
+    """A head's `model` section without `name`/`type`, refusing unknown keys (also inside the
+    sub-sections named in `sections`, e.g. {"loss": LOSS_KEYS}) and missing required ones."""
+    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
+    unknown = set(cfg) - set(known)
+    if unknown:
+        raise TalInputError(f"unknown model key(s) for {head} {sorted(unknown)}; known: {sorted(known)}")
+    for key in required:
+        if key not in cfg:
+            raise TalInputError(f"model.{key}{REQUIRED_HINTS.get(key, '')} is required for {head}")
+    for name, allowed in (sections or {}).items():
+        unknown = set(cfg.get(name) or {}) - set(allowed)
+        if unknown:
+            raise TalInputError(f"unknown model.{name} key(s) {sorted(unknown)}; known: {sorted(allowed)}")
+    return cfg

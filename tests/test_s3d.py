@@ -306,7 +306,7 @@ def test_builder_rejects_bad_configs(overrides, message):
 def test_builder_requires_input_dim_and_num_classes():
     with pytest.raises(TalInputError, match=r"^model.num_classes is required for s3d$"):
         build_s3d({"input_dim": 8})
-    with pytest.raises(TalInputError, match=r"^model.input_dim is required for s3d$"):
+    with pytest.raises(TalInputError, match=r"^model.input_dim \(the feature dimension D\) is required for s3d$"):
         build_s3d({"num_classes": 3})
 
 

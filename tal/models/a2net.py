@@ -45,7 +45,7 @@ from torch import nn
 from tal.errors import TalInputError
 from tal.models.anchors import anchor_centres_widths, decode_segments, match_segments, mine_negatives
 from tal.ops.nms import postprocess_detections
-from tal.registry import MODELS
+from tal.registry import MODELS, model_section
 
 THUMOS_PYRAMID_DIMS = (512, 1024, 1024, 2048, 2048, 4096)
 THUMOS_RATIOS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -348,18 +348,6 @@ MODEL_KEYS = {"input_dim", "num_classes", "anchor_based", "anchor_free", "base_d
 @MODELS.register("a2net")
 def build_a2net(cfg: dict) -> A2Net:
     """An A2Net from the `model` section of a config (keys: MODEL_KEYS; `name`/`type` are ignored)."""
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
-    unknown = set(cfg) - MODEL_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model key(s) for a2net {sorted(unknown)}; known: {sorted(MODEL_KEYS)}")
-    for key in ("input_dim", "num_classes"):
-        if key not in cfg:
-            raise TalInputError(f"model.{key} is required for a2net")
-    unknown = set(cfg.get("loss_weights") or {}) - set(THUMOS_LOSS_WEIGHTS)
-    if unknown:
-        raise TalInputError(f"unknown model.loss_weights key(s) {sorted(unknown)}; "
-                            f"known: {sorted(THUMOS_LOSS_WEIGHTS)}")
-    unknown = set(cfg.get("nms") or {}) - NMS_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model.nms key(s) {sorted(unknown)}; known: {sorted(NMS_KEYS)}")
+    cfg = model_section(cfg, "a2net", MODEL_KEYS, required=("input_dim", "num_classes"),
+                        sections={"loss_weights": THUMOS_LOSS_WEIGHTS, "nms": NMS_KEYS})
     return A2Net(**cfg)

@@ -85,7 +85,7 @@ from tal.models.a2net import pad_ground_truth
 from tal.models.layers import MaskedMapConv, sample_segment_features
 from tal.ops.nms import postprocess_detections
 from tal.ops.segments import tiou
-from tal.registry import MODELS
+from tal.registry import MODELS, model_section
 
 LOSS_WEIGHTS = {"boundary": 1.0, "map_reg": 10.0, "map_cls": 1.0, "consistency": 0.0}
 DEFAULT_NMS = {"method": "soft-gaussian", "sigma": 0.4}
@@ -583,19 +583,7 @@ MODEL_KEYS = {"input_dim", "num_steps", "max_duration", "base_dim", "cbg_dim", "
 @MODELS.register("bsnpp")
 def build_bsnpp(cfg: dict) -> BSNPP:
     """A BSNPP from the `model` section of a config (keys: MODEL_KEYS; `name`/`type` are ignored)."""
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
-    unknown = set(cfg) - MODEL_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model key(s) for bsnpp {sorted(unknown)}; known: {sorted(MODEL_KEYS)}")
-    if "input_dim" not in cfg:
-        raise TalInputError("model.input_dim (the feature dimension D) is required for bsnpp")
-    unknown = set(cfg.get("loss_weights") or {}) - set(LOSS_WEIGHTS)
-    if unknown:
-        raise TalInputError(f"unknown model.loss_weights key(s) {sorted(unknown)}; known: {sorted(LOSS_WEIGHTS)}")
-    nms = cfg.get("nms") or {}
-    if "max_detections" in nms:
+    if "max_detections" in (cfg.get("nms") or {}):
         raise TalInputError("model.nms.max_detections is not used by bsnpp: set model.max_proposals instead")
-    unknown = set(nms) - NMS_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model.nms key(s) {sorted(unknown)}; known: {sorted(NMS_KEYS)}")
+    cfg = model_section(cfg, "bsnpp", MODEL_KEYS, sections={"loss_weights": LOSS_WEIGHTS, "nms": NMS_KEYS})
     return BSNPP(**cfg)

@@ -65,7 +65,7 @@ from tal.models.tan2d import default_scale_layers, scaled_iou_targets
 from tal.models.text import Vocabulary, build_text_encoder
 from tal.ops.nms import nms
 from tal.ops.segments import pairwise_tiou, tiou
-from tal.registry import MODELS
+from tal.registry import MODELS, model_section
 
 
 def default_layers(num_clips: int) -> list[tuple[int, int]]:
@@ -299,14 +299,6 @@ def build_man(cfg: dict, vocab: Vocabulary | list[str] | int | None = None) -> M
     `layers`: list of [kernel, stride] after the clip map (default: `default_layers(num_clips)`);
     `loss` holds min_iou / max_iou / bias; `text` the sentence encoder (single-layer LSTM by default).
     """
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
-    unknown = set(cfg) - MODEL_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model key(s) for man {sorted(unknown)}; known: {sorted(MODEL_KEYS)}")
-    if "input_dim" not in cfg:
-        raise TalInputError("model.input_dim (the feature dimension D) is required for man")
+    cfg = model_section(cfg, "man", MODEL_KEYS, sections={"loss": LOSS_KEYS})
     loss = dict(cfg.pop("loss", None) or {})
-    unknown = set(loss) - LOSS_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model.loss key(s) {sorted(unknown)}; known: {sorted(LOSS_KEYS)}")
     return MAN(**cfg, **loss, vocab=vocab)

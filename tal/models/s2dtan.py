@@ -64,7 +64,7 @@ from tal.models.tan2d import (
 )
 from tal.ops.nms import postprocess_detections
 from tal.ops.segments import tiou
-from tal.registry import MODELS
+from tal.registry import MODELS, model_section
 
 DEFAULT_NMS = {"method": "hard", "iou_threshold": 0.5}
 # postprocess_detections' settings, less those the head decides itself
@@ -241,22 +241,10 @@ def build_s2dtan(cfg: dict) -> S2DTAN:
     `loss` holds min_iou / max_iou / bias (2D-TAN's scaled IoU); `nms` the settings of
     `tal.ops.nms.postprocess_detections` (NMS_KEYS) over DEFAULT_NMS; `max_proposals` caps the output.
     """
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
-    unknown = set(cfg) - MODEL_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model key(s) for s2dtan {sorted(unknown)}; known: {sorted(MODEL_KEYS)}")
-    if "input_dim" not in cfg:
-        raise TalInputError("model.input_dim (the feature dimension D) is required for s2dtan")
-    loss = dict(cfg.pop("loss", None) or {})
-    unknown = set(loss) - LOSS_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model.loss key(s) {sorted(unknown)}; known: {sorted(LOSS_KEYS)}")
-    nms = cfg.get("nms") or {}
-    if "max_detections" in nms:
+    if "max_detections" in (cfg.get("nms") or {}):
         raise TalInputError("model.nms.max_detections is not used by s2dtan: set model.max_proposals instead")
-    unknown = set(nms) - NMS_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model.nms key(s) {sorted(unknown)}; known: {sorted(NMS_KEYS)}")
+    cfg = model_section(cfg, "s2dtan", MODEL_KEYS, sections={"loss": LOSS_KEYS, "nms": NMS_KEYS})
+    loss = dict(cfg.pop("loss", None) or {})
     for key in ("num_clips", "frame_stride", "max_proposals", "hidden_dim"):
         value = cfg.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

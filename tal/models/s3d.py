@@ -55,7 +55,7 @@ from tal.models.a2net import NMS_KEYS, _conv, pad_ground_truth
 from tal.models.anchors import (anchor_segments, decode_segments, encode_segments, match_with_best_spans,
                                 mine_hard_negatives)
 from tal.ops.nms import postprocess_detections
-from tal.registry import MODELS
+from tal.registry import MODELS, model_section
 
 DEFAULT_RATIOS = (1.0, 1.5, 2.0, 3.0)
 SSD_LOSS_WEIGHTS = {"cls": 1.0, "loc": 1.0}
@@ -195,21 +195,11 @@ MODEL_KEYS = {"input_dim", "num_classes", "hidden_dim", "num_levels", "ratios", 
 @MODELS.register("s3d")
 def build_s3d(cfg: dict) -> S3D:
     """An S3D from the `model` section of a config (keys: MODEL_KEYS; `name`/`type` are ignored)."""
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
-    _reject_unknown("model key(s) for s3d", cfg, MODEL_KEYS)
-    for key in ("input_dim", "num_classes"):
-        if key not in cfg:
-            raise TalInputError(f"model.{key} is required for s3d")
-    _reject_unknown("model.loss_weights key(s)", cfg.get("loss_weights"), SSD_LOSS_WEIGHTS)
-    _reject_unknown("model.nms key(s)", cfg.get("nms"), NMS_KEYS)
+    cfg = model_section(cfg, "s3d", MODEL_KEYS, required=("input_dim", "num_classes"),
+                        sections={"loss_weights": SSD_LOSS_WEIGHTS, "nms": NMS_KEYS})
     if not 0.0 <= cfg.get("match_tiou", 0.5) < 1.0:
         raise TalInputError(f"model.match_tiou must be in [0, 1), got {cfg['match_tiou']}")
     if cfg.get("negative_ratio", 3.0) < 0:
         raise TalInputError(f"model.negative_ratio must be >= 0, got {cfg['negative_ratio']}")
     return S3D(**cfg)
 
-
-def _reject_unknown(what: str, given: dict | None, known: set | dict) -> None:
-    unknown = set(given or {}) - set(known)
-    if unknown:
-        raise TalInputError(f"unknown {what} {sorted(unknown)}; known: {sorted(known)}")

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tal.errors import TalInputError
-from tal.registry import MODELS
+from tal.registry import MODELS, model_section
 from tal.models.layers import MaskedMapConv, TemporalConvPool, iter_span_max
 from tal.models.text import Vocabulary, build_text_encoder
 from tal.ops.segments import tiou
@@ -328,14 +328,6 @@ def build_tan2d(cfg: dict, vocab: Vocabulary | list[str] | int | None = None) ->
 
     `loss` holds min_iou / max_iou / bias; `text` the sentence encoder (tal.models.text.build_text_encoder).
     """
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
-    unknown = set(cfg) - MODEL_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model key(s) for 2dtan {sorted(unknown)}; known: {sorted(MODEL_KEYS)}")
-    if "input_dim" not in cfg:
-        raise TalInputError("model.input_dim (the feature dimension D) is required for 2dtan")
+    cfg = model_section(cfg, "2dtan", MODEL_KEYS, sections={"loss": LOSS_KEYS})
     loss = dict(cfg.pop("loss", None) or {})
-    unknown = set(loss) - LOSS_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model.loss key(s) {sorted(unknown)}; known: {sorted(LOSS_KEYS)}")
     return Tan2D(**cfg, **loss, vocab=vocab)

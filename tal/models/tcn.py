@@ -67,7 +67,7 @@ from tal.models.a2net import pad_ground_truth
 from tal.models.anchors import match_segments
 from tal.models.layers import sample_segment_features
 from tal.ops.nms import postprocess_detections
-from tal.registry import MODELS
+from tal.registry import MODELS, model_section
 
 OFFICIAL_CLASS_TIOU = (0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 IGNORED, POSITIVE, SCALE_NEGATIVE, HARD_NEGATIVE = 0, 1, 2, 3
@@ -351,11 +351,5 @@ MODEL_KEYS = {"input_dim", "num_classes", "base_length", "num_scales", "centre_s
 @MODELS.register("tcn")
 def build_tcn(cfg: dict) -> TCN:
     """A TCN from the `model` section of a config (keys: MODEL_KEYS; `name`/`type` are ignored)."""
-    cfg = {k: v for k, v in cfg.items() if k not in ("name", "type")}
-    unknown = set(cfg) - MODEL_KEYS
-    if unknown:
-        raise TalInputError(f"unknown model key(s) for tcn {sorted(unknown)}; known: {sorted(MODEL_KEYS)}")
-    for key in ("input_dim", "num_classes"):
-        if key not in cfg:
-            raise TalInputError(f"model.{key} is required for tcn")
+    cfg = model_section(cfg, "tcn", MODEL_KEYS, required=("input_dim", "num_classes"))
     return TCN(**cfg)
