@@ -9,37 +9,20 @@ Only rank 0 evaluates, logs and writes files; the others wait at a barrier.
 """
 from __future__ import annotations
 
-import os
 from datetime import timedelta
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from tal.distributed import DistContext, context_from_env, resolve_device
 
 
 def setup(device: str) -> tuple[DistContext, torch.device]:
     """Join the process group when run under torchrun; returns the context and this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ctx = DistContext(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
-    dev = torch.device(device)
-    if dev.type == "cuda" and ctx.active:
-        dev = torch.device("cuda", ctx.local_rank)
+    ctx = context_from_env()
+    dev = torch.device(resolve_device(device, ctx))
+    if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if ctx.active and not dist.is_initialized():
         # rank 0 evaluates alone while the others wait: allow long evaluations before a collective times out

@@ -23,6 +23,7 @@ import torch
 import torch.utils.data
 
 from tal import __version__
+from tal.distributed import context_from_env, resolve_device
 from tal.errors import TalInputError
 
 
@@ -177,36 +178,6 @@ def _iter_stream(stream: _ClipStream, workers: int) -> Iterator[tuple]:
 # Distributed
 
 
-@dataclass(frozen=True)
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def _dist_from_env() -> _Dist:
-    """RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them (absent: one process)."""
-    try:
-        return _Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                     int(os.environ.get("LOCAL_RANK", 0)))
-    except ValueError:
-        raise TalInputError("RANK / WORLD_SIZE / LOCAL_RANK must be integers") from None
-
-
-def _resolve_device(device: str, dist: _Dist) -> str:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and dist.active:
-        device = f"cuda:{dist.local_rank}"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TalInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return device
-
-
 # ----------------------------------------------------------------------------------------------
 # Main
 
@@ -255,8 +226,8 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
         raise TalInputError(f"--workers must be >= 0, got {settings.workers}")
     if not out.parent.is_dir():
         raise TalInputError(f"--out {out}: folder {out.parent} does not exist")
-    dist = _dist_from_env()
-    device = _resolve_device(settings.device, dist)
+    dist = context_from_env()
+    device = resolve_device(settings.device, dist)
     decoder = extraction_decoder(settings.decoder)
     backbone = build_backbone(settings.backbone, settings.weights, device)
     spec = backbone.spec
