@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "best checkpoint by eval.metric; write predictions and metrics of the evaluation split.",
         epilog=TRAIN_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("config", help="YAML config (configs/<benchmark>/<model>.yaml)")
-    train.add_argument("--work-dir", help="output folder (default: runs/<config name>)")
+    train.add_argument("--work-dir", help="output folder (default: runs/<benchmark>_<model>, from the config path)")
     train.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override config values, e.g. train.epochs=5 dataset.features=f.h5")
     train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
@@ -57,7 +57,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
     _threads(args.threads)
     cfg = load_config(args.config, args.overrides)
-    work_dir = args.work_dir or str(Path("runs") / Path(args.config).stem)
+    config = Path(args.config)
+    work_dir = args.work_dir or str(Path("runs") / f"{config.parent.name}_{config.stem}")
     metrics = train(cfg, work_dir, device=args.device, resume=args.resume, progress=not args.no_progress)
     import os
 

@@ -106,3 +106,14 @@ def check_section(cfg: dict, section: str, known: set[str], task: str) -> dict:
     if unknown:
         raise TalInputError(f"unknown {section} key(s) for the {task} task: {sorted(unknown)}; known: {sorted(known)}")
     return values
+
+
+def require_files(data: dict, keys: tuple[str, ...], config_hint: str) -> None:
+    """Each dataset.<key> that is set must name an existing file; the error says how to point it elsewhere."""
+    from pathlib import Path
+
+    for key in keys:
+        value = data.get(key)
+        if value and not Path(value).is_file():
+            raise TalInputError(f"dataset.{key}: {value}: no such file; create it as the config's comments say, "
+                                f"or point the config at your data: --set {config_hint}")

@@ -36,7 +36,7 @@ from tal.eval.proposals import evaluate_proposals
 from tal.features.cache import FeatureCache, FeatureMeta, open_feature_cache
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, TASKS
-from tal.tasks.base import Task, check_section, to_device
+from tal.tasks.base import Task, check_section, require_files, to_device
 from tal.tasks.grounding import feature_settings
 
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
@@ -141,6 +141,8 @@ class DetectionTask(Task):
             if not self.data.get(key):
                 raise TalInputError(f"dataset.{key} is not set: detection needs dataset.features=H5 "
                                     f"dataset.annotations=JSON dataset.train_subset=S dataset.val_subset=S")
+        require_files(self.data, ("features", "annotations", "classification"),
+                      "dataset.features=FEATS.h5 dataset.annotations=GT.json dataset.train_subset=S dataset.val_subset=S")
         self.cache = open_feature_cache(self.data["features"])
         self.annotations = load_detection_annotations(self.data["annotations"], self.data.get("format", "auto"),
                                                       strip_prefix=self.data.get("strip_prefix"))

@@ -24,7 +24,7 @@ from tal.features.cache import FeatureCache, open_feature_cache
 from tal.models.layers import average_to_num_clips
 from tal.models.text import Vocabulary, tokenize
 from tal.registry import MODELS, TASKS
-from tal.tasks.base import Task, check_section
+from tal.tasks.base import Task, check_section, require_files
 
 DATASET_KEYS = {"features", "train", "test", "val", "format", "normalize", "strip_prefix"}
 EVAL_KEYS = {"nms", "top_k", "recall", "iou", "iou_ge", "batch_size", "metric", "interval"}
@@ -70,6 +70,8 @@ class GroundingTask(Task):
             if not self.data.get(key):
                 raise TalInputError(f"dataset.{key} is not set: grounding needs dataset.features=H5 "
                                     f"dataset.train=JSONL dataset.test=JSONL (optional dataset.val)")
+        require_files(self.data, ("features", "train", "val", "test"),
+                      "dataset.features=FEATS.h5 dataset.train=TRAIN.jsonl dataset.test=TEST.jsonl")
         self.cache = open_feature_cache(self.data["features"])
         for split in ("train", "val", "test"):
             if self.data.get(split):
