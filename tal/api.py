@@ -65,6 +65,7 @@ class _Predictor:
         self._cache_path = Path(cache) if cache is not None else None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._extracted: FeatureCache | None = None
+        self._clip_cache: dict[str, tuple[torch.Tensor, float]] = {}
 
     def videos(self) -> list[str]:
         """Video ids of the feature cache given at load time."""
@@ -136,14 +137,45 @@ class MomentRetriever(_Predictor):
 
     def query(self, video: str | Path, sentence: str, top_k: int = 5) -> list[dict[str, float]]:
         """Ranked moments [{"start", "end", "score"}] in seconds, best first, for a sentence."""
-        from tal.tasks.grounding import query_moments
+        (result,) = self.query_batch([(video, sentence, top_k)])
+        if isinstance(result, Exception):
+            raise result
+        return result
 
-        if not isinstance(sentence, str) or not sentence.strip():
-            raise TalInputError("the query sentence is empty")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise TalInputError(f"top_k must be a positive integer, got {top_k!r}")
-        features, meta = self._features_of(video)
-        return query_moments(self.task, self.model, features, meta.duration, sentence.strip(), top_k, self.device)
+    def query_batch(self, requests: list[tuple[str | Path, str, int]]) -> list[list[dict[str, float]] | Exception]:
+        """Answer several (video, sentence, top_k) at once, in one forward pass; a bad request gets its
+        TalInputError in its place and does not affect the others."""
+        results: list = [None] * len(requests)
+        good = []
+        for i, (video, sentence, top_k) in enumerate(requests):
+            try:
+                if not isinstance(sentence, str) or not sentence.strip():
+                    raise TalInputError("the query sentence is empty")
+                if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+                    raise TalInputError(f"top_k must be a positive integer, got {top_k!r}")
+                clips, duration_s = self._video_clips(video)
+                self.task.text_inputs(self.model, [sentence.strip()])  # unknown characters etc. fail here, alone
+                good.append((i, clips, duration_s, sentence.strip(), top_k))
+            except TalInputError as exc:
+                results[i] = exc
+        if good:
+            from tal.tasks.base import to_device
+
+            batch = self.task.make_batch(self.model, [g[1] for g in good], [g[3] for g in good], [g[2] for g in good])
+            ranked = self.task.rank_moments(self.model, to_device(batch, self.device), max(g[4] for g in good))
+            for (i, _, _, _, top_k), moments in zip(good, ranked):  # greedy NMS: the first k kept are the top k
+                results[i] = [{"start": float(a), "end": float(b), "score": float(c)} for a, b, c in moments[:top_k]]
+        return results
+
+    def _video_clips(self, video: str | Path) -> tuple[torch.Tensor, float]:
+        """The head's input for a video and its duration, computed once per video (the last 1024 are kept)."""
+        key = str(video)
+        if key not in self._clip_cache:
+            features, meta = self._features_of(video)
+            if len(self._clip_cache) >= 1024:
+                self._clip_cache.pop(next(iter(self._clip_cache)))
+            self._clip_cache[key] = (self.task.video_clips(features), float(meta.duration))
+        return self._clip_cache[key]
 
 
 class ActionDetector(_Predictor):

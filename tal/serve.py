@@ -4,10 +4,12 @@
 (seconds, best first). Every bad request gets a 4xx `{"error": reason}`: unknown video 404, malformed JSON
 400, a body that breaks the rules below 422, an oversized body 413. Request parsing runs concurrently on
 the event loop; model calls run in the thread pool, one at a time under a lock, since torch modules are
-not safe to call from several threads at once.
+not safe to call from several threads at once. A retriever with `query_batch` (MomentRetriever) gets
+the queries that arrived while the model was busy all at once (micro-batching, `_Batcher`).
 
 The retriever is anything with `videos() -> list[str]` and `query(video, sentence, top_k) -> list[dict]`
-(`tal.api.MomentRetriever`), raising `TalInputError` for input it rejects.
+(`tal.api.MomentRetriever`), raising `TalInputError` for input it rejects; optionally
+`query_batch([(video, sentence, top_k), ...]) -> [moments or TalInputError, ...]`.
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`) at runtime.
 import json
@@ -114,8 +116,9 @@ def create_app(retriever: Retriever):
     def run_query(video: str, sentence: str, top_k: int) -> list[dict]:
         with model_lock:
             moments = retriever.query(video, sentence, top_k)
-        return [{"start": float(m["start"]), "end": float(m["end"]), "score": float(m["score"])}
-                for m in moments]
+        return _plain(moments)
+
+    batcher = _Batcher(retriever, model_lock) if hasattr(retriever, "query_batch") else None
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
@@ -147,12 +150,64 @@ def create_app(retriever: Retriever):
                 raise RequestError(413, f"the body is over {MAX_BODY_BYTES} bytes; a query is a few hundred")
         video, sentence, top_k = parse_query(bytes(body), videos)
         try:
-            moments = await run_in_threadpool(run_query, video, sentence, top_k)
+            if batcher is not None:
+                moments = await batcher.submit(video, sentence, top_k)
+            else:
+                moments = await run_in_threadpool(run_query, video, sentence, top_k)
         except TalInputError as exc:
             raise RequestError(422, str(exc)) from None
         return {"moments": moments}
 
     return app
+
+
+def _plain(moments: list[dict]) -> list[dict]:
+    return [{"start": float(m["start"]), "end": float(m["end"]), "score": float(m["score"])} for m in moments]
+
+
+class _Batcher:
+    """Micro-batching: queries that arrive while the model is busy are answered together by one
+    `retriever.query_batch` call (one forward pass), so 16 waiting clients cost about one batch, not
+    16 model calls in a row. Lives on the event loop; model calls run one at a time in the thread pool."""
+
+    def __init__(self, retriever, model_lock: threading.Lock, max_batch: int = 64):
+        self.retriever, self.model_lock, self.max_batch = retriever, model_lock, max_batch
+        self.pending: list = []
+        self.running = False
+
+    async def submit(self, video: str, sentence: str, top_k: int) -> list[dict]:
+        import asyncio
+
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append(((video, sentence, top_k), future))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+                try:
+                    results = await run_in_threadpool(self._run, [request for request, _ in batch])
+                except Exception as exc:  # a bug: every waiting request gets it (-> 500), the server goes on
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(_plain(result))
+        finally:
+            self.running = False
+
+    def _run(self, requests: list[tuple[str, str, int]]) -> list:
+        with self.model_lock:
+            return self.retriever.query_batch(requests)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

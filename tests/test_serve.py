@@ -359,3 +359,46 @@ def test_cli_serves_until_interrupted(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class BatchingRetriever(FakeRetriever):
+    """FakeRetriever with `query_batch`: records each batch's size; per-request errors in place."""
+
+    def __init__(self, delay_s: float = 0.05):
+        super().__init__(delay_s=0.0)
+        self.batch_delay_s = delay_s
+        self.batch_sizes: list[int] = []
+
+    def query_batch(self, requests):
+        self.batch_sizes.append(len(requests))
+        time.sleep(self.batch_delay_s)  # the model is busy: later requests queue up meanwhile
+        results = []
+        for video, sentence, top_k in requests:
+            try:
+                results.append(self.query(video, sentence, top_k))
+            except TalInputError as exc:
+                results.append(exc)
+        return results
+
+
+def test_waiting_queries_are_answered_in_one_batch():
+    retriever = BatchingRetriever()
+    expected = FakeRetriever()
+    with BackgroundServer(retriever) as server, httpx.Client(base_url=server.url) as http:
+        def ask(i):
+            sentence = "zzz" if i == 7 else f"query number {i} " + "word " * (i % 4)
+            return i, http.post("/query", json={"video": "v_sports", "query": sentence, "top_k": 1 + i % 5})
+
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(ask, range(48)))
+    for i, reply in replies:
+        if i == 7:  # refused alone; the queries batched with it are answered
+            assert reply.status_code == 422 and "vocabulary" in reply.json()["error"]
+            continue
+        sentence = f"query number {i} " + "word " * (i % 4)
+        assert reply.status_code == 200
+        assert reply.json()["moments"] == [
+            {k: float(v) for k, v in m.items()} for m in expected.query("v_sports", sentence, 1 + i % 5)]
+    assert sum(retriever.batch_sizes) == 48
+    assert max(retriever.batch_sizes) > 1 and len(retriever.batch_sizes) < 48
+    assert retriever.max_active == 1  # batches never overlap

@@ -10,7 +10,6 @@ query, default 5), `recall` ([1, 5]), `iou` ([0.3, 0.5, 0.7]), `iou_ge`, `batch_
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -209,13 +208,3 @@ class GroundingTask(Task):
     def describe(self) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in self.splits.items())
         return f"grounding: {counts} queries; {self.meta.get('input_dim')}-d features -> {self.num_steps} clips"
-
-
-def query_moments(task: GroundingTask, model: nn.Module, features: np.ndarray, duration_s: float, sentence: str,
-                  top_k: int, device: torch.device) -> list[dict[str, Any]]:
-    """One query against one video's raw features: [{"start", "end", "score"}], best first."""
-    from tal.tasks.base import to_device
-
-    batch = task.make_batch(model, [task.video_clips(features)], [sentence], [duration_s])
-    (moments,) = task.rank_moments(model, to_device(batch, device), top_k)
-    return [{"start": float(s), "end": float(e), "score": float(c)} for s, e, c in moments]

@@ -12,6 +12,19 @@ a fixed set of sentences, or the (video, query) pairs of --queries GROUNDING.jso
     flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_serve.py --json bench_serve.json
     flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_serve.py \\
         --checkpoint work/charades/checkpoint_last.pt --features charades_vgg.h5 --queries charades_test.jsonl
+
+`--synthetic MODEL` serves a real model on a cached 3-minute video set with no data to download (made
+once under --scratch, reused): 4 videos of 675 feature steps (stride 8 at 30 fps: 180 s, 64-d) from
+`tal.datasets.synthetic.make_grounding_set`, queried with their own sentences, and a checkpoint trained
+by `tal train` on a small set from the same generator (same fps, stride, window, dimension, so the
+retriever accepts the cache; trained for latency, not accuracy):
+  2dtan           configs/synthetic/2dtan.yaml (hidden 32, N=16, K3L2), 2 epochs on 24 videos
+  charades-2dtan  configs/charades_sta/2dtan_pool.yaml, the paper's size (hidden 512, N=16, K5L8, 3-layer
+                  512-d LSTM over learned 300-d word vectors), 1 epoch on 4 videos: nearly untrained weights,
+                  a real-size head's cost per query
+
+    flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_serve.py --synthetic 2dtan --json serve_2dtan.json
+    flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_serve.py --synthetic charades-2dtan --requests 64
 """
 from __future__ import annotations
 
@@ -29,6 +42,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+SYNTHETIC = {  # --synthetic MODEL: (config, overrides, training videos)
+    "2dtan": ("configs/synthetic/2dtan.yaml", ["train.epochs=2", "eval.interval=2"], 24),
+    "charades-2dtan": ("configs/charades_sta/2dtan_pool.yaml", ["train.epochs=1", "train.batch_size=8"], 4),
+}
+CACHE_STEPS = 675  # 675 steps x stride 8 / 30 fps = 180 s
 
 SENTENCES = ["a person opens the door", "someone is cooking at the stove", "the man picks up a phone",
              "a woman sits down on the sofa", "person takes a towel", "they laugh and walk away",
@@ -49,6 +68,36 @@ class FakeRetriever:
         if self.delay_s:
             time.sleep(self.delay_s)
         return [{"start": float(i), "end": float(i + 2), "score": 1.0 / (i + 1)} for i in range(top_k)]
+
+
+def synthetic_paths(scratch: Path, model: str) -> tuple[Path, Path, Path]:
+    """(checkpoint, 3-minute feature cache, queries JSONL) of --synthetic MODEL under --scratch."""
+    cache = scratch / "cache_3min"
+    return scratch / f"{model}_trained" / "checkpoint_last.pt", cache / "features.h5", cache / "queries.jsonl"
+
+
+def prepare_synthetic(scratch: Path, model: str, threads: int) -> None:
+    """Make the 3-minute cache, its queries and the trained checkpoint of --synthetic MODEL (when missing)."""
+    from tal.datasets.synthetic import make_grounding_set
+
+    checkpoint, features, queries = synthetic_paths(scratch, model)
+    if not queries.is_file():
+        made = make_grounding_set(features.parent, num_videos=4, num_steps=(CACHE_STEPS, CACHE_STEPS))
+        lines = made.train.read_text().splitlines() + made.test.read_text().splitlines()
+        queries.write_text("".join(line + "\n" for line in lines))
+    if checkpoint.is_file():
+        return
+    config, overrides, num_videos = SYNTHETIC[model]
+    data = make_grounding_set(scratch / f"train_{num_videos}videos", num_videos=num_videos, seed=1)
+    cmd = [sys.executable, "-m", "tal", "train", config, "--work-dir", str(checkpoint.parent), "--threads",
+           str(threads), "--set", f"dataset.features={data.features}", f"dataset.train={data.train}",
+           f"dataset.test={data.test}", *overrides]
+    print(f"bench_serve: training {model}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0 or not checkpoint.is_file():
+        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    print(f"bench_serve: trained in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -83,7 +132,7 @@ def request_bodies(args: argparse.Namespace, videos: list[str]) -> list[dict]:
                                                                                      args.requests)]
 
 
-def fire(url: str, bodies: list[dict], clients: int) -> tuple[list[float], int, float]:
+def fire(url: str, bodies: list[dict], clients: int, timeout_s: float = 60.0) -> tuple[list[float], int, float]:
     """POST every body from `clients` threads (each its own keep-alive connection): latencies (s), errors, wall s."""
     import httpx
 
@@ -94,7 +143,7 @@ def fire(url: str, bodies: list[dict], clients: int) -> tuple[list[float], int, 
 
     def client_loop() -> None:
         nonlocal errors
-        with httpx.Client(base_url=url, timeout=60) as client:
+        with httpx.Client(base_url=url, timeout=timeout_s) as client:
             while (i := next(next_index)) < len(bodies):  # itertools.count is atomic under the GIL
                 start = time.perf_counter()
                 try:
@@ -127,9 +176,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16, help="concurrent clients (default 16)")
     parser.add_argument("--warmup", type=int, default=50, help="untimed requests first (default 50)")
     parser.add_argument("--top-k", type=int, default=5, help="top_k of every query (default 5)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout per request, s (default 60)")
+    parser.add_argument("--synthetic", choices=list(SYNTHETIC),
+                        help="real model on a cached 3-minute synthetic set (see above; made once in --scratch)")
+    parser.add_argument("--scratch", type=Path, default=REPO / "scratch" / "bench" / "serve",
+                        help="where --synthetic keeps its cache and checkpoints (default: scratch/bench/serve)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args(argv)
+    if args.synthetic:
+        args.scratch = args.scratch.resolve()  # `tal train` runs in the repository
+        if args.checkpoint or args.features:
+            parser.error("--synthetic brings its own checkpoint and features: drop --checkpoint / --features")
+        if not args.serve:
+            prepare_synthetic(args.scratch, args.synthetic, args.threads)
+        checkpoint, features, queries = synthetic_paths(args.scratch, args.synthetic)
+        args.checkpoint, args.features = str(checkpoint), str(features)
+        args.queries = args.queries or str(queries)
     if bool(args.checkpoint) != bool(args.features):
         parser.error("give both --checkpoint and --features for the real model, or neither for the fake one")
     if args.serve:
@@ -149,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         url = ready[1]
         videos = httpx.get(url + "/videos", timeout=60).json()["videos"]
-        fire(url, request_bodies(argparse.Namespace(**{**vars(args), "requests": args.warmup}), videos), args.clients)
-        latencies_s, errors, wall_s = fire(url, request_bodies(args, videos), args.clients)
+        fire(url, request_bodies(argparse.Namespace(**{**vars(args), "requests": args.warmup}), videos), args.clients,
+             args.timeout)
+        latencies_s, errors, wall_s = fire(url, request_bodies(args, videos), args.clients, args.timeout)
     finally:
         child.stdin.close()
         child.wait(timeout=60)
@@ -174,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                     fastapi=fastapi.__version__, uvicorn=uvicorn.__version__, httpx=httpx.__version__,
                     retriever=kind, checkpoint=args.checkpoint, features=args.features, device=args.device,
                     torch_threads=args.threads if kind == "real" else None, fake_ms=args.fake_ms,
-                    num_videos=len(videos), top_k=args.top_k, warmup=args.warmup, queries=args.queries)
+                    num_videos=len(videos), top_k=args.top_k, warmup=args.warmup, queries=args.queries,
+                    synthetic=args.synthetic, timeout_s=args.timeout)
         args.json.write_text(json.dumps({"meta": meta, "rows": [row]}, indent=2))
     return 1 if errors else 0
 
