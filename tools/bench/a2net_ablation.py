@@ -1,0 +1,173 @@
+"""A2Net complementarity ablation: both modules, anchor-based only, anchor-free only, on one synthetic set.
+
+A2Net's claim is that its anchor-free module finds the instances anchors fit badly (very short and very
+long ones) and that both together beat either alone. This trains configs/synthetic/a2net.yaml three
+times with `tal train`'s own loop (same seed, same data, same epochs), changing only
+`model.anchor_based` / `model.anchor_free`, and scores each run's predictions of the validation videos:
+- mAP@0.5 (and average mAP over the config's eval.tiou) against all ground truth;
+- mAP@0.5 against only the shortest third and only the longest third of the ground truth by
+  duration (thresholds: the 1/3 and 2/3 quantiles of the validation durations, so ties share a side;
+  the counts are printed). The predictions are not filtered: a detection of an instance of another
+  third counts as a false positive there, the same for every variant, so compare a column across
+  rows, not with the overall column.
+`--seeds 0,1,2` repeats the three trainings per seed (model initialisation and batch order; the data
+stay the same) and reports the mean and range: one seed's differences can be noise.
+The set is made with `python -m tal.datasets.synthetic detection DIR --videos N --seed S` unless DIR
+already holds one. Prints a table; `--json` also writes it.
+
+    flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/a2net_ablation.py --data /tmp/syn160 --videos 160 \\
+        --seeds 0,1,2 --work-dir /tmp/a2net_ablation --json a2net_ablation.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tal.datasets.types import DetectionAnnotations, VideoAnnotation  # noqa: E402
+from tal.eval.detection import evaluate_detection  # noqa: E402
+from tal.eval.groundtruth import load_subset  # noqa: E402
+from tal.eval.predictions import read_segment_predictions  # noqa: E402
+
+VARIANTS = {  # name -> overrides
+    "both": ["model.anchor_based=true", "model.anchor_free=true"],
+    "anchor_based": ["model.anchor_based=true", "model.anchor_free=false"],
+    "anchor_free": ["model.anchor_based=false", "model.anchor_free=true"],
+}
+
+
+def duration_thirds(truth: DetectionAnnotations) -> tuple[float, float]:
+    """The 1/3 and 2/3 quantiles (seconds) of the ground-truth durations."""
+    durations = np.concatenate([np.diff(a.segments.reshape(-1, 2), axis=1)[:, 0] for a in truth.videos.values()])
+    low, high = np.quantile(durations, [1 / 3, 2 / 3])
+    return float(low), float(high)
+
+
+def keep_instances(truth: DetectionAnnotations, low_s: float, high_s: float) -> DetectionAnnotations:
+    """The same videos with only the instances whose duration lies in [low_s, high_s]."""
+    videos = {}
+    for vid, a in truth.videos.items():
+        segments = a.segments.reshape(-1, 2)
+        duration = segments[:, 1] - segments[:, 0]
+        keep = (duration >= low_s) & (duration <= high_s)  # [N]
+        videos[vid] = VideoAnnotation(vid, a.subset, a.duration, segments[keep],
+                                      [label for label, k in zip(a.labels, keep) if k], a.extra)
+    return DetectionAnnotations(videos, truth.classes, truth.source)
+
+
+def score_parts(truth: DetectionAnnotations, predictions_path: Path, tiou: np.ndarray) -> dict:
+    """mAP@0.5 on all / shortest third / longest third of `truth`, and average mAP on all."""
+    low, high = duration_thirds(truth)
+    predictions = read_segment_predictions(predictions_path, with_labels=True)
+    parts = {"all": truth, "short": keep_instances(truth, 0.0, low), "long": keep_instances(truth, high, np.inf)}
+    out = {}
+    for name, part in parts.items():
+        result = evaluate_detection(part, predictions, np.union1d(tiou, [0.5]))
+        out[f"mAP@0.5_{name}"] = float(result.mAP[np.isclose(result.tiou_thresholds, 0.5)][0])
+        out[f"instances_{name}"] = part.num_instances
+    out["average_mAP"] = evaluate_detection(truth, predictions, tiou).average_mAP
+    out["short_max_s"], out["long_min_s"] = low, high
+    return out
+
+
+def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[int]) -> list[dict]:
+    """One row per (variant, training seed)."""
+    from tal.config import load_config
+    from tal.engine.trainer import train
+    from tal.tasks.detection import parse_tiou
+
+    rows = []
+    for seed in seeds:
+        for name, overrides in VARIANTS.items():
+            cfg = load_config(config, [f"dataset.features={data / 'features.h5'}",
+                                       f"dataset.annotations={data / 'annotations.json'}", f"seed={seed}",
+                                       *overrides, *extra])
+            out_dir = work_dir / f"{name}_seed{seed}"
+            start = time.perf_counter()
+            train(cfg, out_dir, progress=False)
+            seconds = time.perf_counter() - start
+            truth = load_subset(data / "annotations.json", cfg["dataset"]["val_subset"])
+            row = {"variant": name, "seed": seed, "train_s": round(seconds, 1),
+                   **score_parts(truth, out_dir / "predictions.json", parse_tiou(cfg.get("eval", {}).get("tiou")))}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+    return rows
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """Per variant: the mean of every figure over the seeds, and each mAP's min and max."""
+    out = []
+    for name in VARIANTS:
+        mine = [r for r in rows if r["variant"] == name]
+        mean = {k: float(np.mean([r[k] for r in mine])) for k in mine[0] if k not in ("variant", "seed")}
+        spread = {f"{k}_range": [min(r[k] for r in mine), max(r[k] for r in mine)] for k in mine[0]
+                  if k.startswith("mAP") or k == "average_mAP"}
+        out.append({"variant": name, "seeds": [r["seed"] for r in mine], **mean, **spread})
+    return out
+
+
+def table(means: list[dict]) -> str:
+    """Mean over seeds, with the [min, max] over seeds of mAP@0.5 when there are several."""
+    first = means[0]
+    several = len(first["seeds"]) > 1
+
+    def cell(r: dict, key: str) -> str:
+        low, high = r[f"{key}_range"]
+        return f"{r[key]:.3f}" + (f" [{low:.3f}-{high:.3f}]" if several else "")
+
+    width = 21 if several else 7
+    lines = [f"short third: <= {first['short_max_s']:.2f} s ({first['instances_short']:.0f} instances), long third: "
+             f">= {first['long_min_s']:.2f} s ({first['instances_long']:.0f}), all: {first['instances_all']:.0f}; "
+             f"training seeds {first['seeds']}" + (" (mean [min-max])" if several else ""),
+             f"{'variant':<13} {'mAP@0.5':>{width}} {'short':>{width}} {'long':>{width}} {'avg mAP':>8} {'train s':>8}"]
+    for r in means:
+        lines.append(f"{r['variant']:<13} {cell(r, 'mAP@0.5_all'):>{width}} {cell(r, 'mAP@0.5_short'):>{width}} "
+                     f"{cell(r, 'mAP@0.5_long'):>{width}} {r['average_mAP']:>8.3f} {r['train_s']:>8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(REPO / "configs/synthetic/a2net.yaml"))
+    parser.add_argument("--data", required=True, help="synthetic detection set folder (made if it has no features.h5)")
+    parser.add_argument("--videos", type=int, default=160, help="videos of the set when it is made (default 160)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the set when it is made (default 0)")
+    parser.add_argument("--work-dir", required=True, help="one training folder per variant goes here")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="more config overrides for every variant (e.g. train.epochs=10)")
+    parser.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0); the table "
+                        "shows the mean and the range over them")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from tal.datasets.synthetic import make_detection_set
+
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    logging.getLogger("tal.train").setLevel(logging.WARNING)
+    data = Path(args.data)
+    if not (data / "features.h5").is_file():
+        make_detection_set(data, num_videos=args.videos, seed=args.seed)
+    rows = run(args.config, data, Path(args.work_dir), args.overrides, [int(s) for s in args.seeds.split(",")])
+    means = summary(rows)
+    print(table(means))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": args.config, "data": str(data), "overrides": args.overrides,
+                                               "summary": means, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
