@@ -335,7 +335,10 @@ def test_cli_serves_until_interrupted(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", CLI_SCRIPT.format(tests=str(REPO / "tests")), "serve", "--checkpoint",
          str(tmp_path / "ckpt.pt"), "--features", str(tmp_path / "feats.h5"), "--port", "0", "--device", "cpu"],
-        stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stderr=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # as from a terminal: a runner that starts the tests in the background (`cmd &` in a script)
+        # leaves SIGINT ignored, and the child would inherit that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr] + [lines.put(None)], daemon=True).start()
     try:
