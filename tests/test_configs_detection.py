@@ -81,8 +81,8 @@ def test_config_builds_its_head_without_data(name):
 
 
 def test_the_tcn_activitynet_config_is_the_official_setting():
-    model = build_task(load_config(CONFIGS / "activitynet13/tcn.yaml"),
-                       meta={"input_dim": 512, "classes": ["a", "b"], "mode": "rescale", "num_steps": 128}).build_model()
+    meta = {"input_dim": 512, "classes": ["a", "b"], "mode": "rescale", "num_steps": 128}
+    model = build_task(load_config(CONFIGS / "activitynet13/tcn.yaml"), meta=meta).build_model()
     lengths = model.base_length * 2.0 ** np.arange(model.num_scales)
     assert lengths.tolist() == [4, 8, 16, 32, 64, 128]  # duration / 32 ... duration on 128 steps
     assert model.centre_stride == 2 and model.proposal_nms["max_detections"] == 20
@@ -121,7 +121,8 @@ def test_synthetic_config_trains_on_another_set_with_set_alone(head, tiny_set, t
         assert set(written) == {"AR@1", "AR@5", "AR@10", "AR@50", "AR@100", "AUC"}
         values = list(written.values())
     else:
-        assert set(written) == {"mAP", "average_mAP"} and set(written["mAP"]) == {"0.30", "0.40", "0.50", "0.60", "0.70"}
+        assert set(written) == {"mAP", "average_mAP"}
+        assert set(written["mAP"]) == {"0.30", "0.40", "0.50", "0.60", "0.70"}
         values = [*written["mAP"].values(), written["average_mAP"]]
         assert written["average_mAP"] == pytest.approx(np.mean(list(written["mAP"].values())))
     assert all(0.0 <= v <= 1.0 for v in values)
@@ -147,7 +148,7 @@ def test_synthetic_config_trains_on_another_set_with_set_alone(head, tiny_set, t
 # Slow: the tuned synthetic configs on the 160-video synthetic set (seed 0), one CPU thread.
 # Measured values (README); the assertions leave a margin of 0.05 for other torch builds.
 
-MEASURED = {"a2net": ("mAP@0.5", 0.359), "s3d": ("mAP@0.5", 0.448), "tcn": ("mAP@0.5", 0.360),
+MEASURED = {"a2net": ("mAP@0.5", 0.412), "s3d": ("mAP@0.5", 0.448), "tcn": ("mAP@0.5", 0.360),
             "bsnpp": ("AR@100", 0.663), "s2dtan": ("AR@100", 0.424)}  # 160 videos, seed 0, one thread
 MARGIN = 0.05
 

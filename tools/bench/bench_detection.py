@@ -8,7 +8,8 @@ in its own subprocess, so the peak resident memory (`ru_maxrss`) is that head's 
           warm-up batches (data loading included, it is part of a step);
   infer   validation videos per second through `DetectionTask.predict` (windows or rescaling, the
           head, its NMS, merging, seconds), best of --runs after one warm-up pass;
-  memory  peak RSS of the subprocess in MiB (Python, torch, the data and both timings).
+  memory  peak RSS of the subprocess in MiB (Python, torch, the data and both timings), and the RSS
+          after importing torch and tal (what any head pays before its first tensor).
 torch runs on --threads threads (default 1). Prints a table; `--json` also writes the rows.
 
     flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_detection.py --json bench_detection.json
@@ -39,6 +40,7 @@ def measure(head: str, data: Path, train_steps: int, runs: int, threads: int) ->
     from tal.engine.optim import build_optimizer
     from tal.tasks import build_task
 
+    imports_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # torch and tal alone
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = load_config(REPO / f"configs/synthetic/{head}.yaml",
@@ -76,14 +78,16 @@ def measure(head: str, data: Path, train_steps: int, runs: int, threads: int) ->
             "mode": task.mode, "input_steps": task.num_steps, "batch_size": batch_size,
             "train_inputs_per_s": inputs / train_s, "train_s": train_s, "train_inputs": inputs,
             "infer_videos_per_s": videos / best, "infer_s": best, "val_videos": videos,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "imports_rss_mib": imports_mib}
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"{'head':<7} {'params':>8} {'input':>12} {'train inputs/s':>15} {'infer videos/s':>15} {'peak RSS MiB':>13}"]
+    lines = [f"{'head':<7} {'params':>8} {'input':>12} {'train inputs/s':>15} {'infer videos/s':>15} "
+             f"{'peak RSS MiB':>13} {'after imports':>14}"]
     for r in rows:
         lines.append(f"{r['head']:<7} {r['parameters'] / 1e3:>7.0f}k {r['mode'] + ' ' + str(r['input_steps']):>12} "
-                     f"{r['train_inputs_per_s']:>15.1f} {r['infer_videos_per_s']:>15.1f} {r['peak_rss_mib']:>13.0f}")
+                     f"{r['train_inputs_per_s']:>15.1f} {r['infer_videos_per_s']:>15.1f} {r['peak_rss_mib']:>13.0f} "
+                     f"{r['imports_rss_mib']:>14.0f}")
     return "\n".join(lines)
 
 
@@ -120,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(table(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"data": str(data), "threads": args.threads, "train_steps": args.train_steps,
+        Path(args.json).write_text(json.dumps({"data": str(data), "threads": args.threads,
+                                               "train_steps": args.train_steps, "runs": args.runs,
                                                "machine": platform.processor() or platform.machine(),
-                                               "torch_threads": args.threads, "rows": rows}, indent=1))
+                                               "rows": rows}, indent=1))
     return 0
 
 

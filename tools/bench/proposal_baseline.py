@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['num_scales']:>6} {r['order']:>7} {r['windows_per_video']:>9} {r['AR@1']:>6.3f} {r['AR@10']:>6.3f} "
               f"{r['AR@100']:>7.3f} {r['AUC']:>6.3f}")
     best = best_row(rows)
-    print(f"best: {best['num_scales']} scales, {best['order']} first: AR@100 {best['AR@100']:.3f}, AUC {best['AUC']:.3f}")
+    print(f"best: {best['num_scales']} scales, {best['order']} first: AR@100 {best['AR@100']:.3f}, "
+          f"AUC {best['AUC']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"annotations": args.annotations, "subset": args.subset, "rows": rows,
                                                "best": best}, indent=1))
