@@ -1,6 +1,7 @@
 """What every task offers the training loop, and the batching helpers they share."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Iterator
 
 import torch
@@ -12,7 +13,7 @@ from tal.registry import MODELS, TASKS
 GROUNDING_MODELS = {"2dtan", "man"}
 
 
-class Task:
+class Task(ABC):
     """Interface of a task; see `tal.tasks`. Subclasses set `predictions_name` and `default_metric`."""
 
     predictions_name = "predictions.json"
@@ -22,24 +23,30 @@ class Task:
         self.cfg = cfg
         self.meta: dict = dict(meta or {})
 
+    @abstractmethod
     def build_model(self) -> nn.Module:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def num_train_items(self) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def train_batch(self, model: nn.Module, indices: list[int]) -> dict:
         """The batch of the training items `indices` (CPU tensors)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def predict(self, model: nn.Module, split: str, device: torch.device) -> Any:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def evaluate(self, predictions: Any, split: str) -> dict:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def write_predictions(self, predictions: Any, path) -> None:
-        raise NotImplementedError
+        ...
 
     @property
     def eval_split(self) -> str:

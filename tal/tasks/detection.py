@@ -43,6 +43,7 @@ DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset
                 "window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal"}
 EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval"}
 MODES = ("window", "rescale")
+PROPOSAL_HEADS = {"bsnpp", "s2dtan"}  # their modules set `proposal_head = True`
 
 
 @dataclass(frozen=True)
@@ -214,11 +215,9 @@ class DetectionTask(Task):
     def build_model(self) -> nn.Module:
         cfg = dict(self.model_cfg)
         cfg["input_dim"] = self.meta["input_dim"]
-        builder = MODELS.get(cfg.get("name"))
-        if getattr(builder, "proposal_head", False) or cfg["name"] in ("bsnpp", "s2dtan"):
-            return builder(cfg)
-        cfg["num_classes"] = len(self.meta["classes"])
-        return builder(cfg)
+        if cfg.get("name") not in PROPOSAL_HEADS:  # class-agnostic heads take no class count
+            cfg["num_classes"] = len(self.meta["classes"])
+        return MODELS.get(cfg.get("name"))(cfg)
 
     def num_train_items(self) -> int:
         return len(self.train_items)
@@ -311,8 +310,7 @@ class DetectionTask(Task):
 
     @property
     def default_metric(self) -> str:  # type: ignore[override]
-        name = self.model_cfg.get("name")
-        proposal = getattr(MODELS.get(name), "proposal_head", False) or name in ("bsnpp", "s2dtan")
+        proposal = self.model_cfg.get("name") in PROPOSAL_HEADS
         return "AR@100" if proposal and not self.data.get("classification") else "average_mAP"
 
     @property
