@@ -6,7 +6,7 @@ import pytest
 from tal.datasets.types import DetectionAnnotations, VideoAnnotation
 from tal.errors import TalInputError
 from tal.eval.detection import (ACTIVITYNET_TIOU, THUMOS14_TIOU, evaluate_detection, evaluate_detection_files,
-                                tiou_keys)
+                                evaluate_detection_part, tiou_keys)
 from tal.eval.groundtruth import load_subset
 from tal.eval.predictions import parse_segment_predictions, read_segment_predictions
 
@@ -55,6 +55,31 @@ def test_thumos14_reference_numbers(shared_data):
 
 
 # ---------------------------------------------------------------- small cases computed by hand
+
+def test_part_drops_predictions_of_instances_outside_it():
+    gt = gt_of({"v": [(0, 1, "a"), (10, 30, "a"), (40, 41, "b"), (50, 80, "b")]})
+    preds = preds_of({"v": [(10, 30, 0.9, "a"), (5, 6, 0.8, "a"), (0, 1, 0.7, "a"),
+                            (40, 41, 0.6, "b"), (50, 80, 0.5, "b")]})
+    short = evaluate_detection_part(gt, preds, np.array([True, False, True, False]), np.array([0.5]))
+    # a: the long hit is dropped, then FP (0.8), TP (0.7): AP 1/2; b: TP, the long hit dropped: AP 1
+    np.testing.assert_allclose(short.ap, [[0.5, 1.0]])
+    assert short.classes == ["a", "b"]
+    # filtering the ground truth alone would count the long hits as false positives: (1/3 + 1) / 2
+    only_short = gt_of({"v": [(0, 1, "a"), (40, 41, "b")]})
+    assert evaluate_detection(only_short, preds, np.array([0.5])).mAP[0] == pytest.approx(2 / 3)
+    long = evaluate_detection_part(gt, preds, np.array([False, True, False, True]), np.array([0.5]))
+    np.testing.assert_allclose(long.ap, [[1.0, 1.0]])
+    # a class without a kept instance is not averaged; a threshold no prediction meets scores 0
+    one = evaluate_detection_part(gt, preds, np.array([True, False, False, False]), np.array([0.5, 1.0]))
+    assert one.classes == ["a"]
+    np.testing.assert_allclose(one.ap, [[0.5], [0.5]])  # (0, 1) against (0, 1) has tIoU 1.0
+
+
+def test_part_needs_one_flag_per_instance():
+    gt = gt_of({"v": [(0, 1, "a"), (10, 30, "a")]})
+    with pytest.raises(TalInputError, match="keep has 3 entries; the ground truth has 2 instances"):
+        evaluate_detection_part(gt, preds_of({"v": [(0, 1, 0.5, "a")]}), np.ones(3, dtype=bool))
+
 
 def test_duplicate_detection_is_a_false_positive():
     gt = gt_of({"v": [(0, 10, "a")]})

@@ -99,6 +99,35 @@ def evaluate_detection_files(gt_path: str | Path, pred_path: str | Path, subset:
     return evaluate_detection(ground_truth, read_segment_predictions(pred_path, with_labels=True), tiou_thresholds)
 
 
+def evaluate_detection_part(ground_truth: DetectionAnnotations, predictions: SegmentPredictions, keep: np.ndarray,
+                            tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> DetectionResult:
+    """mAP on a part of the ground truth (e.g. the short instances) by DETAD's sensitivity protocol.
+
+    `keep` is bool [G] over the ground-truth instances in `ground_truth`'s order (videos, then their
+    segments). Matching runs against all ground truth, as in `evaluate_detection`; then, per
+    threshold, a prediction matched to an instance outside the part is dropped (it found something
+    real, so it is no false positive of the part), unmatched predictions stay false positives, and
+    each class's AP is taken over its kept instances. Classes with no kept instance are left out of
+    the mean (`classes` lists those averaged). So a detector that finds the part's instances scores
+    high on it whatever it does elsewhere (Alwassel et al., "Diagnosing error in temporal action
+    detectors", ECCV 2018, with plain rather than normalized precision).
+    """
+    m = _match(ground_truth, predictions, tiou_thresholds)
+    keep = np.asarray(keep, dtype=bool).reshape(-1)
+    if keep.shape != m.gt_class.shape:
+        raise TalInputError(f"keep has {keep.size} entries; the ground truth has {m.gt_class.size} instances")
+    kept_gt = np.bincount(m.gt_class[keep], minlength=len(m.classes))  # [C]
+    outside = (m.matched >= 0) & ~np.append(keep, True)[m.matched]  # [T, P], -1 indexes the True pad
+    averaged = np.flatnonzero(kept_gt)
+    ap = np.zeros((len(m.thresholds), len(averaged)))
+    for j, c in enumerate(averaged):
+        cols = slice(m.starts[c], m.starts[c + 1])
+        for t in range(len(m.thresholds)):
+            stay = ~outside[t, cols]
+            ap[t, j] = _average_precision(m.matched[t:t + 1, cols][:, stay] >= 0, kept_gt[c])[0]
+    return DetectionResult(m.thresholds, [m.classes[c] for c in averaged], ap)
+
+
 def class_matches(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
                   tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> dict[str, tuple[np.ndarray, int]]:
     """Per class, in `evaluate_detection`'s order: (true positives [T, n] of its n predictions in rank
@@ -114,10 +143,16 @@ class _Matching:
     classes: list[str]  # [C]
     pred_class: np.ndarray  # [N] class index, -1 for a label not in the ground truth
     pred_video: np.ndarray  # [N] video index, -1 for a video not in the ground truth
-    tp: np.ndarray  # [T, P] true positives of the known-class predictions, by class then rank
+    matched: np.ndarray  # [T, P] ground-truth id each known-class prediction took (-1: none), by class then rank
     class_counts: np.ndarray  # [C] predictions per class
     starts: np.ndarray  # [C + 1] where each class's columns of tp start
     num_gt: np.ndarray  # [C]
+    gt_class: np.ndarray  # [G] class index of each ground truth, in the annotations' order
+
+    @property
+    def tp(self) -> np.ndarray:
+        """[T, P] bool: true positives, by class then rank."""
+        return self.matched >= 0
 
 
 def _match(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
@@ -147,19 +182,19 @@ def _match(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
         idx[np.argsort(predictions.scores[idx])[::-1]]
         for idx in np.split(by_class, np.cumsum(class_counts)[:-1])
     ])  # [P] prediction ids, by class then by rank
-    tp = _greedy_match(predictions.segments[ranked], pred_class[ranked], pred_video[ranked],
-                       gt_segments, gt_class, gt_video, len(videos), thresholds)  # [T, P]
+    matched = _greedy_match(predictions.segments[ranked], pred_class[ranked], pred_video[ranked],
+                            gt_segments, gt_class, gt_video, len(videos), thresholds)  # [T, P]
     num_gt = np.bincount(gt_class, minlength=len(classes))  # [C]
     starts = np.concatenate([[0], np.cumsum(class_counts)])  # [C + 1]
-    return _Matching(thresholds, classes, pred_class, pred_video, tp, class_counts, starts, num_gt)
+    return _Matching(thresholds, classes, pred_class, pred_video, matched, class_counts, starts, num_gt, gt_class)
 
 
 def _greedy_match(pred_segments: np.ndarray, pred_class: np.ndarray, pred_video: np.ndarray,
                   gt_segments: np.ndarray, gt_class: np.ndarray, gt_video: np.ndarray, num_videos: int,
                   thresholds: np.ndarray) -> np.ndarray:
-    """True positives [T, P] of ranked predictions, matched greedily as the official code does."""
+    """Ground-truth id [T, P] each ranked prediction takes (-1: a false positive), greedily as the official code."""
     num_pred, num_gt, num_thr = len(pred_class), len(gt_class), len(thresholds)
-    tp = np.zeros((num_thr, num_pred), dtype=bool)
+    matched = np.full((num_thr, num_pred), -1, dtype=np.int64)
 
     # Ground truth grouped by (class, video), GT order kept inside a group.
     gt_key = gt_class * num_videos + gt_video  # [G]
@@ -187,7 +222,7 @@ def _greedy_match(pred_segments: np.ndarray, pred_class: np.ndarray, pred_video:
         gt_parts.append(gt_ids[:, :width])
         tiou_parts.append(overlap[:, :width])
     if not rows_parts:
-        return tp
+        return matched
     width = max(part.shape[1] for part in gt_parts)
     rows = np.concatenate(rows_parts)  # [R]
     cand_gt = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1])), constant_values=num_gt)
@@ -197,7 +232,7 @@ def _greedy_match(pred_segments: np.ndarray, pred_class: np.ndarray, pred_video:
     contender = cand_tiou[:, 0] >= lowest if width else np.zeros(len(rows), dtype=bool)
     rows, cand_gt, cand_tiou = rows[contender], cand_gt[contender], cand_tiou[contender]
     if not len(rows):
-        return tp
+        return matched
 
     # Walk the k-th contender of every group at once: groups own disjoint ground truths.
     order = np.lexsort((rows, group[rows]))  # by group, then rank
@@ -211,10 +246,11 @@ def _greedy_match(pred_segments: np.ndarray, pred_class: np.ndarray, pred_video:
         eligible = (overlap[None] >= thresholds[:, None, None]) & ~taken[:, gt_ids]  # [T, A, W]
         hit = eligible.any(axis=2)  # [T, A]
         first = eligible.argmax(axis=2)  # [T, A]
-        tp[:, rows[batch]] = hit
         thr_idx, a_idx = np.nonzero(hit)
-        taken[thr_idx, gt_ids[a_idx, first[thr_idx, a_idx]]] = True
-    return tp
+        taken_ids = gt_ids[a_idx, first[thr_idx, a_idx]]
+        matched[thr_idx, rows[batch][a_idx]] = taken_ids
+        taken[thr_idx, taken_ids] = True
+    return matched
 
 
 def _official_tiou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -5,11 +5,11 @@ long ones) and that both together beat either alone. This trains configs/synthet
 times with `tal train`'s own loop (same seed, same data, same epochs), changing only
 `model.anchor_based` / `model.anchor_free`, and scores each run's predictions of the validation videos:
 - mAP@0.5 (and average mAP over the config's eval.tiou) against all ground truth;
-- mAP@0.5 against only the shortest third and only the longest third of the ground truth by
-  duration (thresholds: the 1/3 and 2/3 quantiles of the validation durations, so ties share a side;
-  the counts are printed). The predictions are not filtered: a detection of an instance of another
-  third counts as a false positive there, the same for every variant, so compare a column across
-  rows, not with the overall column.
+- mAP@0.5 on only the shortest third and only the longest third of the ground truth by duration
+  (thresholds: the 1/3 and 2/3 quantiles of the validation durations, so ties share a side; the
+  counts are printed), by DETAD's sensitivity protocol (`tal.eval.detection.evaluate_detection_part`):
+  a detection that finds an instance of another third is left out there, not counted as a false
+  positive; a detection of nothing is a false positive everywhere.
 `--seeds 0,1,2` repeats the three trainings per seed (model initialisation and batch order; the data
 stay the same) and reports the mean and range: one seed's differences can be noise.
 The set is made with `python -m tal.datasets.synthetic detection DIR --videos N --seed S` unless DIR
@@ -33,8 +33,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tal.datasets.types import DetectionAnnotations, VideoAnnotation  # noqa: E402
-from tal.eval.detection import evaluate_detection  # noqa: E402
+from tal.datasets.types import DetectionAnnotations  # noqa: E402
+from tal.eval.detection import evaluate_detection, evaluate_detection_part  # noqa: E402
 from tal.eval.groundtruth import load_subset  # noqa: E402
 from tal.eval.predictions import read_segment_predictions  # noqa: E402
 
@@ -47,33 +47,27 @@ VARIANTS = {  # name -> overrides
 
 def duration_thirds(truth: DetectionAnnotations) -> tuple[float, float]:
     """The 1/3 and 2/3 quantiles (seconds) of the ground-truth durations."""
-    durations = np.concatenate([np.diff(a.segments.reshape(-1, 2), axis=1)[:, 0] for a in truth.videos.values()])
-    low, high = np.quantile(durations, [1 / 3, 2 / 3])
+    low, high = np.quantile(instance_durations(truth), [1 / 3, 2 / 3])
     return float(low), float(high)
 
 
-def keep_instances(truth: DetectionAnnotations, low_s: float, high_s: float) -> DetectionAnnotations:
-    """The same videos with only the instances whose duration lies in [low_s, high_s]."""
-    videos = {}
-    for vid, a in truth.videos.items():
-        segments = a.segments.reshape(-1, 2)
-        duration = segments[:, 1] - segments[:, 0]
-        keep = (duration >= low_s) & (duration <= high_s)  # [N]
-        videos[vid] = VideoAnnotation(vid, a.subset, a.duration, segments[keep],
-                                      [label for label, k in zip(a.labels, keep) if k], a.extra)
-    return DetectionAnnotations(videos, truth.classes, truth.source)
+def instance_durations(truth: DetectionAnnotations) -> np.ndarray:
+    """[G] ground-truth durations (s), in the order `evaluate_detection_part`'s `keep` follows."""
+    return np.concatenate([np.diff(a.segments.reshape(-1, 2), axis=1)[:, 0] for a in truth.videos.values()])
 
 
 def score_parts(truth: DetectionAnnotations, predictions_path: Path, tiou: np.ndarray) -> dict:
-    """mAP@0.5 on all / shortest third / longest third of `truth`, and average mAP on all."""
+    """mAP@0.5 on all / shortest third / longest third of `truth` (DETAD's protocol), and average mAP on all."""
     low, high = duration_thirds(truth)
     predictions = read_segment_predictions(predictions_path, with_labels=True)
-    parts = {"all": truth, "short": keep_instances(truth, 0.0, low), "long": keep_instances(truth, high, np.inf)}
+    durations = instance_durations(truth)
+    parts = {"all": np.ones(len(durations), dtype=bool), "short": durations <= low, "long": durations >= high}
+    at_half = np.union1d(tiou, [0.5])
     out = {}
-    for name, part in parts.items():
-        result = evaluate_detection(part, predictions, np.union1d(tiou, [0.5]))
+    for name, keep in parts.items():
+        result = evaluate_detection_part(truth, predictions, keep, at_half)
         out[f"mAP@0.5_{name}"] = float(result.mAP[np.isclose(result.tiou_thresholds, 0.5)][0])
-        out[f"instances_{name}"] = part.num_instances
+        out[f"instances_{name}"] = int(keep.sum())
     out["average_mAP"] = evaluate_detection(truth, predictions, tiou).average_mAP
     out["short_max_s"], out["long_min_s"] = low, high
     return out
