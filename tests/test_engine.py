@@ -22,7 +22,7 @@ from tal.config import load_config
 from tal.datasets.synthetic import make_detection_set, make_grounding_set
 from tal.engine import trainer as trainer_module
 from tal.engine.checkpoint import load_checkpoint, save_checkpoint
-from tal.engine.optim import build_optimizer, build_scheduler, lr_factor
+from tal.engine.optim import Plateau, build_optimizer, build_scheduler, lr_factor
 from tal.engine.trainer import train
 from tal.errors import TalInputError
 from tal.features.cache import open_feature_cache, write_feature_cache
@@ -412,6 +412,46 @@ def test_scheduler_sets_the_optimizer_lr_every_step():
     assert seen == pytest.approx([0.1, 0.2, 0.2, 0.1])  # warm-up 2 steps, then cosine over 2: 1, 0.5
 
 
+def test_plateau_lowers_the_scale_after_patience_misses_by_hand():
+    plateau = Plateau(factor=0.5, patience=1)
+    lowered = [plateau.update(v) for v in (1.0, 0.5, 0.5, 2.0, 1.0, 2.0, 0.1)]
+    # best 1.0; miss 1 (within patience); miss 2 -> x0.5; best 2.0; miss; equal is a miss too -> x0.5; miss
+    assert lowered == [False, False, True, False, False, True, False]
+    assert plateau.scale == 0.25 and plateau.best == 2.0 and plateau.misses == 1
+    assert lr_factor(1, 4, {"schedule": "plateau", "warmup_epochs": 1}, plateau) == 0.5  # warm-up step 2 of 4
+    assert lr_factor(9, 4, {"schedule": "plateau", "warmup_epochs": 1}, plateau) == 0.25
+    with pytest.raises(TalInputError, match="train.plateau_factor must lie strictly between 0 and 1, got 1.5"):
+        Plateau(factor=1.5)
+
+
+def test_trainer_plateau_schedule_follows_the_metric_and_resumes_exactly(data, tmp_path, monkeypatch):
+    """Scripted validation metrics 0.5, 0.4, 0.3, 0.6 with patience 0 and factor 0.5: the LR halves after
+    epochs 2 and 3 (the record's lr is the one epoch trained with); a run stopped after epoch 2 and
+    resumed replays it exactly, the plateau's memory coming from the checkpoint."""
+    cfg = make_cfg("detection", data, "train.schedule=plateau", "train.warmup_epochs=0", "train.lr=0.01",
+                   "train.epochs=4", "+train.plateau_factor=0.5", "+train.plateau_patience=0")
+
+    def scripted():
+        values = iter([0.5, 0.4, 0.3, 0.6])
+        monkeypatch.setattr(trainer_module, "metric_value", lambda metrics, name: next(values))
+
+    scripted()
+    run(cfg, tmp_path / "a")
+    state = load_checkpoint(tmp_path / "a" / "checkpoint_last.pt")
+    assert [r["lr"] for r in state["history"]] == pytest.approx([0.01, 0.01, 0.005, 0.0025])
+    assert state["plateau"] == {"scale": 0.25, "best": 0.6, "misses": 0}
+    assert "mAP/0.50 has not improved for 1 evaluations: LR x 0.5" in (tmp_path / "a" / "train.log").read_text()
+
+    scripted()
+    short = copy.deepcopy(cfg)
+    short["train"]["epochs"] = 2
+    run(short, tmp_path / "b")
+    run(cfg, tmp_path / "b", resume=True)
+    resumed = load_checkpoint(tmp_path / "b" / "checkpoint_last.pt")
+    assert [r["lr"] for r in resumed["history"]] == [r["lr"] for r in state["history"]]
+    assert_same_weights(state["model"], resumed["model"])
+
+
 @pytest.mark.parametrize("name, cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),
                                        ("SGD", torch.optim.SGD)])
 def test_build_optimizer_names(name, cls):
@@ -428,7 +468,7 @@ def test_unknown_optimizer_is_refused():
 def test_unknown_schedule_is_refused_when_the_scheduler_is_built(warmup_epochs):
     """Also with a warm-up: a typo must not train the warm-up epochs first and fail after them."""
     optimizer = build_optimizer(torch.nn.Linear(2, 1), {})
-    with pytest.raises(TalInputError, match=r"train.schedule must be one of constant, cosine, step, got 'cosnie'"):
+    with pytest.raises(TalInputError, match=r"train.schedule must be one of constant, cosine, step, plateau, got 'cosnie'"):
         build_scheduler(optimizer, 4, {"schedule": "cosnie", "warmup_epochs": warmup_epochs, "epochs": 2})
 
 

@@ -1,9 +1,11 @@
 """Optimiser and learning-rate schedule from the `train` section of a config.
 
 Keys: `optimizer` (adamw | adam | sgd), `lr`, `weight_decay`, `momentum` (sgd), `schedule`
-(constant | cosine | step), `warmup_epochs` (linear warm-up from 0, per step), `milestones` and `gamma`
-(step: multiply by gamma after each listed epoch). The schedule is stepped once per batch, so its
-state in a checkpoint resumes exactly.
+(constant | cosine | step | plateau), `warmup_epochs` (linear warm-up from 0, per step), `milestones` and
+`gamma` (step: multiply by gamma after each listed epoch), `plateau_factor` and `plateau_patience`
+(plateau: multiply by the factor when the validation metric has not improved for more than
+`patience` evaluations in a row, as torch's ReduceLROnPlateau; 2D-TAN's official code uses 0.8 and 20).
+The schedule is stepped once per batch, so its state in a checkpoint resumes exactly.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch import nn
 from tal.errors import TalInputError
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULES = ("constant", "cosine", "step")
+SCHEDULES = ("constant", "cosine", "step", "plateau")
 
 
 def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
@@ -33,8 +35,46 @@ def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
     raise TalInputError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-def lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
-    """Multiplier of train.lr at optimisation step `step` (0-based)."""
+class Plateau:
+    """The `plateau` schedule's memory: the best validation metric (higher is better), how many
+    evaluations in a row missed it, and the LR scale so far. `update` after every evaluation."""
+
+    def __init__(self, factor: float = 0.8, patience: int = 20):
+        if not 0 < factor < 1:
+            raise TalInputError(f"train.plateau_factor must lie strictly between 0 and 1, got {factor!r}")
+        if patience < 0:
+            raise TalInputError(f"train.plateau_patience must be >= 0 evaluations, got {patience!r}")
+        self.factor, self.patience = factor, patience
+        self.scale, self.best, self.misses = 1.0, None, 0
+
+    @classmethod
+    def from_config(cls, train: dict) -> "Plateau | None":
+        """A Plateau when train.schedule is plateau, else None."""
+        if str(train.get("schedule", "constant")).lower() != "plateau":
+            return None
+        return cls(float(train.get("plateau_factor", 0.8)), int(train.get("plateau_patience", 20)))
+
+    def update(self, value: float) -> bool:
+        """Record one evaluation's metric; True when it lowered the scale."""
+        if self.best is None or value > self.best:
+            self.best, self.misses = value, 0
+            return False
+        self.misses += 1
+        if self.misses <= self.patience:
+            return False
+        self.scale *= self.factor
+        self.misses = 0
+        return True
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "best": self.best, "misses": self.misses}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.best, self.misses = float(state["scale"]), state["best"], int(state["misses"])
+
+
+def lr_factor(step: int, steps_per_epoch: int, train: dict, plateau: Plateau | None = None) -> float:
+    """Multiplier of train.lr at optimisation step `step` (0-based); `plateau` holds the plateau schedule's scale."""
     epochs = int(train.get("epochs", 1))
     total = max(1, epochs * steps_per_epoch)
     warmup = int(round(float(train.get("warmup_epochs", 0)) * steps_per_epoch))
@@ -45,6 +85,8 @@ def lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "plateau":
+        return plateau.scale if plateau is not None else 1.0
     if schedule == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
@@ -53,8 +95,9 @@ def lr_factor(step: int, steps_per_epoch: int, train: dict) -> float:
     return float(train.get("gamma", 0.1)) ** passed
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int,
-                    train: dict) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, train: dict,
+                    plateau: Plateau | None = None) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step LambdaLR following `lr_factor` (validated now, not at the first step)."""
-    lr_factor(0, steps_per_epoch, train)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, train))
+    lr_factor(0, steps_per_epoch, train, plateau)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                             lambda step: lr_factor(step, steps_per_epoch, train, plateau))

@@ -8,7 +8,7 @@ validation metric (`eval.metric`) improved. At the end the best checkpoint predi
 `predictions.json(l)` and `metrics.json` (what `tal evaluate` would print for them).
 
 train keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, schedule, warmup_epochs,
-milestones, gamma, clip_grad_norm (default 1.0; 0 turns it off), amp (CUDA mixed precision), log_interval.
+milestones, gamma, plateau_factor, plateau_patience (tal.engine.optim), clip_grad_norm (default 1.0; 0 turns it off), amp (CUDA mixed precision), log_interval.
 `--resume` continues from checkpoint_last.pt; the result equals an uninterrupted run with the same seed.
 """
 from __future__ import annotations
@@ -28,13 +28,13 @@ from tal.config import save_config
 from tal.datasets.jsonio import write_json_atomic
 from tal.engine import distributed
 from tal.engine.checkpoint import load_checkpoint, save_checkpoint
-from tal.engine.optim import build_optimizer, build_scheduler
+from tal.engine.optim import Plateau, build_optimizer, build_scheduler
 from tal.errors import TalInputError
 from tal.tasks import build_task
 from tal.tasks.base import Task, check_section, global_batches, to_device
 
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "schedule", "warmup_epochs",
-              "milestones", "gamma", "clip_grad_norm", "amp", "log_interval"}
+              "milestones", "gamma", "plateau_factor", "plateau_patience", "clip_grad_norm", "amp", "log_interval"}
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 logger = logging.getLogger("tal.train")
 
@@ -138,7 +138,8 @@ class Trainer:
         model = task.build_model().to(self.device)
         steps_per_epoch = math.ceil(task.num_train_items() / self.batch_size)
         optimizer = build_optimizer(model, self.train_cfg)
-        scheduler = build_scheduler(optimizer, steps_per_epoch, self.train_cfg)
+        plateau = Plateau.from_config(self.train_cfg)
+        scheduler = build_scheduler(optimizer, steps_per_epoch, self.train_cfg, plateau)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         metric = str(self.cfg.get("eval", {}).get("metric", task.default_metric))
         interval = max(1, int(self.cfg.get("eval", {}).get("interval", 1)))
@@ -152,11 +153,13 @@ class Trainer:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if plateau is not None and state.get("plateau"):
+                plateau.load_state_dict(state["plateau"])
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             start_epoch, best, history = state["epoch"], state.get("best"), state.get("history", [])
             saved_epochs = int(state["config"].get("train", {}).get("epochs", self.epochs))
-            if saved_epochs != self.epochs and self.ctx.is_main and self.train_cfg.get("schedule", "constant") != "constant":
+            if saved_epochs != self.epochs and self.ctx.is_main and self.train_cfg.get("schedule") in ("cosine", "step"):
                 logger.info(f"note: train.epochs changed from {saved_epochs} to {self.epochs}; the "
                             f"{self.train_cfg.get('schedule')} schedule follows the new length from here on, so the "
                             f"result differs from a run started with {self.epochs} epochs")
@@ -182,12 +185,16 @@ class Trainer:
                 improved = best is None or value > best["value"]
                 if improved:
                     best = {"epoch": epoch + 1, "value": value, "metric": metric}
+            if evaluate_now and plateau is not None:  # every rank lowers its LR alike
+                if plateau.update(distributed.broadcast(record.get("metric"), self.ctx)) and self.ctx.is_main:
+                    logger.info(f"{metric} has not improved for {plateau.patience + 1} evaluations: LR x "
+                                f"{plateau.factor:g} from the next step (scale now {plateau.scale:.3g})")
             history.append(record)
             if self.ctx.is_main:
                 state = {"config": self.cfg, "meta": task.meta, "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_state(), "best": best,
-                         "history": history}
+                         "history": history, "plateau": plateau.state_dict() if plateau is not None else None}
                 if improved:  # best first: a kill between the two saves only repeats this epoch on --resume
                     save_checkpoint(state, self.work_dir / BEST)
                 save_checkpoint(state, last_path)
