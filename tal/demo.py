@@ -70,13 +70,24 @@ def _say(message: str) -> None:
 
 
 def run_demo(settings: DemoSettings) -> DemoResult:
-    """Run every step into `settings.out`; returns the metrics, baselines and written files."""
+    """Run every step into `settings.out`; returns the metrics, baselines and written files.
+
+    Torch runs on `settings.threads` threads meanwhile; the caller's thread count is restored after.
+    """
     import torch
 
-    from tal.datasets.synthetic_video import make_video_set
-
+    threads = torch.get_num_threads()
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)
+    try:
+        return _run_steps(settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_steps(settings: DemoSettings) -> DemoResult:
+    from tal.datasets.synthetic_video import make_video_set
+
     if settings.num_videos < 6:
         raise TalInputError(f"--videos {settings.num_videos}: the demo needs at least 6 videos")
     out = settings.out
