@@ -144,6 +144,25 @@ def test_query_cli_and_retriever_agree(demo, capsys):
     assert "unknown video 'no_such_video'" in capsys.readouterr().err
 
 
+def test_query_batch_runs_each_video_once_and_answers_as_single_queries(demo):
+    out, _ = demo
+    queries = [json.loads(line) for line in (out / "grounding" / "predictions.jsonl").read_text().splitlines()]
+    first = queries[0]
+    other = next(q for q in queries if q["video"] != first["video"])
+    retriever = tal.MomentRetriever.from_checkpoint(out / "grounding" / "checkpoint_best.pt",
+                                                    features=out / "features.h5")
+    requests = [(first["video"], first["query"], 5), (other["video"], other["query"], 3),
+                (first["video"], other["query"], 2)]
+    batched = retriever.query_batch(requests)
+    for (video, sentence, top_k), got in zip(requests, batched):
+        alone = retriever.query(video, sentence, top_k)
+        assert len(got) == top_k and [(m["start"], m["end"]) for m in got] == [(m["start"], m["end"]) for m in alone]
+        assert np.allclose([m["score"] for m in got], [m["score"] for m in alone], atol=1e-6)
+    clips = [retriever._video_clips(v)[0] for v, _, _ in requests]
+    batch = retriever.task.make_batch(retriever.model, clips, [s for _, s, _ in requests], [1.0] * 3)
+    assert batch["features"].shape[0] == 2 and batch["video_index"].tolist() == [0, 1, 0]
+
+
 def test_http_api_with_the_real_retriever(demo):
     import httpx
 

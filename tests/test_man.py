@@ -227,6 +227,14 @@ def test_sentence_padding_and_batch_mates_do_not_change_scores():
     assert torch.allclose(model.predict(alone)[0], model.predict(batch)[1], atol=1e-6)
 
 
+def test_queries_sharing_a_video_by_video_index_score_as_with_copies():
+    model = tiny_model().eval()
+    batch = tiny_batch(model)
+    shared = dict(batch, video_index=torch.tensor([1, 1, 0]))
+    copies = dict(batch, features=batch["features"][[1, 1, 0]])
+    assert torch.allclose(model.predict(shared), model.predict(copies), atol=1e-6)
+
+
 def test_checkpoint_restores_the_vocabulary():
     model = tiny_model().eval()
     batch = tiny_batch(model)

@@ -191,6 +191,17 @@ def test_model_at_64_clips_uses_the_sparse_map():
     assert model.predict(tiny_batch(model, batch_size=1)).shape == (1, 64, 64)
 
 
+@pytest.mark.parametrize("prop", ["pool", "conv"])
+def test_queries_sharing_a_video_by_video_index_score_as_with_copies(prop):
+    """features [V, T, D] + video_index [B] is the same batch as the features repeated per query."""
+    model = tiny_model(prop=prop).eval()
+    batch = tiny_batch(model, batch_size=3)  # three videos, three sentences
+    shared = dict(batch, video_index=torch.tensor([2, 0, 2]))  # queries 0 and 2 about video 2, query 1 about 0
+    copies = dict(batch, features=batch["features"][[2, 0, 2]])
+    assert torch.allclose(model.predict(shared), model.predict(copies), atol=1e-6)
+    assert torch.allclose(model(dict(shared))["loss"], model(dict(copies))["loss"], atol=1e-6)
+
+
 def test_word_vectors_and_token_ids_give_the_same_scores():
     model = tiny_model().eval()
     batch = tiny_batch(model)

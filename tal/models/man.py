@@ -41,8 +41,9 @@ repository dazhang-cv/MAN holds only a README and the overview figure):
 - Loss: BCE against tIoU soft labels (rather than a ranking loss).
 
 Batch contract (dict; B queries), as 2D-TAN's:
-- "features": float [B, N * frame_stride, D], the video averaged to that many clips
-  (`tal.models.layers.average_to_num_clips`);
+- "features": float [V, N * frame_stride, D], the videos averaged to that many clips
+  (`tal.models.layers.average_to_num_clips`), and "video_index" long [B], the row each query is about
+  (optional when V = B); MAN conditions its video encoder on the sentence, so it expands them first;
 - text, from `model.prepare_text(sentences)`: "words" + "word_mask" (LSTM) or "sentence_vectors" (minilm);
 - "duration": [B] seconds;
 - "segment": float [B, 2], the ground truth (start_s, end_s), for `forward`.
@@ -254,6 +255,8 @@ class MAN(nn.Module):
     def logits(self, batch: dict, return_adjacency: bool = False):
         """Alignment logits [B, n] (and the IGAN adjacency matrices A_0 .. A_T, each [B, n, n])."""
         features = batch["features"]
+        if batch.get("video_index") is not None:
+            features = features[batch["video_index"].to(features.device)]  # [B, T, D]
         sentence = self.text(batch).to(features.device)  # [B, S]
         nodes = self.encode_video(features, sentence)
         out = self.igan(nodes, self.overlap, return_adjacency=return_adjacency)

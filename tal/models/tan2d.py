@@ -9,8 +9,10 @@ the cell's IoU with the ground truth, rescaled between `min_iou` and `max_iou` (
 over the valid cells).
 
 Batch contract (dict; B queries):
-- "features": float [B, N * frame_stride, D], the video averaged to that many clips
+- "features": float [V, N * frame_stride, D], the videos averaged to that many clips
   (`tal.models.layers.average_to_num_clips`; 2D-TAN also L2-normalises each raw feature first);
+- "video_index": long [B], the row of "features" each query is about (optional when V = B and query
+  b is about row b): queries about one video share its clip features, map and projection;
 - text, from `model.prepare_text(sentences)`: "words" (token ids [B, L] long, or word vectors
   [B, L, E]) and "word_mask" [B, L] for the LSTM encoder; "sentence_vectors" [B, 384] for minilm;
 - "iou_targets": float [B, N, N], IoU of every cell with the ground truth (`iou_target_map`), for `forward`;
@@ -283,16 +285,18 @@ class Tan2D(nn.Module):
 
     def logits(self, batch: dict) -> torch.Tensor:
         """Raw scores [B, N, N], 0 off the valid cells."""
-        features = batch["features"]  # [B, N * frame_stride, D]
+        features = batch["features"]  # [V, N * frame_stride, D]
         expected = self.num_clips * self.frame_stride
         if features.shape[1] != expected:
             raise ValueError(f"features have {features.shape[1]} steps, 2D-TAN expects num_clips * frame_stride = "
                              f"{expected} (average_to_num_clips)")
-        clips = self.frame(features.transpose(1, 2))  # [B, C, N]
-        cell_map = self.prop(clips)  # [B, C, N, N]
+        clips = self.frame(features.transpose(1, 2))  # [V, C, N]
+        cell_map = self.map_proj(self.prop(clips))  # [V, C, N, N]
+        if batch.get("video_index") is not None:
+            cell_map = cell_map[batch["video_index"].to(features.device)]  # [B, C, N, N]
         sentence = self.text_proj(self.text(batch).to(features.device))  # [B, C]
         mask = self.mask.to(features.dtype)
-        fused = F.normalize(sentence[:, :, None, None] * self.map_proj(cell_map), dim=1) * mask  # [B, C, N, N]
+        fused = F.normalize(sentence[:, :, None, None] * cell_map, dim=1) * mask  # [B, C, N, N]
         return self.score(self.map_conv(fused))[:, 0] * mask  # [B, N, N]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
