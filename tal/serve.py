@@ -156,7 +156,7 @@ def create_app(retriever: Retriever):
                 moments = await run_in_threadpool(run_query, video, sentence, top_k)
         except TalInputError as exc:
             raise RequestError(422, str(exc)) from None
-        return {"moments": moments}
+        return JSONResponse({"moments": moments})  # plain floats already: skips FastAPI's response encoding
 
     return app
 
