@@ -10,6 +10,8 @@ from tal.models.anchors import decode_segments
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
+from detection_toys import fit, toy_batch
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -103,32 +105,6 @@ def test_anchor_free_assignment_by_hand():
     assert classes.tolist() == expected.tolist()
     assert distances[0, [1, 2, 8, 9, 10, 11, 13]].tolist() == [[1, 2], [3, 0], [0, 4], [4, 0], [2, 6], [6, 2], [4, 4]]
     assert not distances[1].any()
-
-
-def toy_batch() -> dict:
-    """One video of 64 steps: a short action of class 0 on [8, 12] and a long one of class 2 on [24, 56]."""
-    generator = torch.Generator().manual_seed(0)
-    features = 0.1 * torch.randn(1, 64, 8, generator=generator)
-    features[0, 8:12, 0] += 1.0
-    features[0, 24:56, 2] += 1.0
-    features[0, [8, 24], 4] += 1.0  # starts
-    features[0, [11, 55], 5] += 1.0  # ends
-    return {"features": features, "mask": torch.ones(1, 64, dtype=torch.bool),
-            "segments": [torch.tensor([[8.0, 12.0], [24.0, 56.0]])], "labels": [torch.tensor([0, 2])]}
-
-
-def fit(model: A2Net, batch: dict, steps: int) -> list[float]:
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_loss_parts_and_a_video_without_ground_truth():

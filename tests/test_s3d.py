@@ -17,6 +17,8 @@ from tal.models.s3d import S3D, build_s3d
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
+from detection_toys import fit, toy_batch
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -141,7 +143,7 @@ def test_losses_by_hand_with_one_positive(ratio):
 
 def test_loss_weights_and_videos_without_ground_truth():
     model = tiny_model(loss_weights={"loc": 2.0})
-    batch = toy_batch()
+    batch = toy_batch(boundary_marks=False)
     batch = {"features": batch["features"].repeat(2, 1, 1), "mask": full_mask(2, 64),
              "segments": [batch["segments"][0], torch.zeros(0, 2)],
              "labels": [batch["labels"][0], torch.zeros(0, dtype=torch.long)]}
@@ -172,33 +174,9 @@ def test_predictions_do_not_depend_on_padding_or_batch_mates():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def toy_batch() -> dict:
-    """One video of 64 steps: a short action of class 0 on [8, 12] and a long one of class 2 on [24, 56]."""
-    generator = torch.Generator().manual_seed(0)
-    features = 0.1 * torch.randn(1, 64, 8, generator=generator)
-    features[0, 8:12, 0] += 1.0
-    features[0, 24:56, 2] += 1.0
-    return {"features": features, "mask": full_mask(1, 64),
-            "segments": [torch.tensor([[8.0, 12.0], [24.0, 56.0]])], "labels": [torch.tensor([0, 2])]}
-
-
-def fit(model: S3D, batch: dict, steps: int, lr: float = 3e-3) -> list[float]:
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
 def test_loss_goes_down_in_30_steps_and_nms_holds():
     model = tiny_model()
-    batch = toy_batch()
+    batch = toy_batch(boundary_marks=False)
     losses = fit(model, batch, 30, lr=1e-2)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5  # about 0.41 here
     model.eval()
@@ -212,7 +190,7 @@ def test_loss_goes_down_in_30_steps_and_nms_holds():
 
 def test_nms_settings_reach_post_processing():
     model = tiny_model().eval()
-    batch = toy_batch()
+    batch = toy_batch(boundary_marks=False)
     hard = model.predict(batch)[0]
     model.nms = {"method": "none"}
     candidates = model.predict(batch)[0]  # every (valid span, class) pair
@@ -312,7 +290,7 @@ def test_builder_requires_input_dim_and_num_classes():
 
 def test_decoded_predictions_are_the_decoded_default_spans():
     model = tiny_model(nms={"method": "none", "max_detections": None}).eval()
-    batch = toy_batch()
+    batch = toy_batch(boundary_marks=False)
     zero_predictors(model)  # offsets 0: predictions are the default spans themselves, clipped to [0, 64]
     segments, scores, _ = model.predict(batch)[0]
     out = model.outputs(batch["features"], batch["mask"])

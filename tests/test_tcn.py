@@ -26,6 +26,8 @@ from tal.models.tcn import (
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
+from detection_toys import fit, toy_batch
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -197,18 +199,6 @@ def test_sample_proposals_caps_each_kind_per_video():
 # model
 
 
-def toy_batch() -> dict:
-    """One video of 64 steps: a short action of class 0 on [8, 12] and a long one of class 2 on [24, 56]."""
-    generator = torch.Generator().manual_seed(0)
-    features = 0.1 * torch.randn(1, 64, 8, generator=generator)
-    features[0, 8:12, 0] += 1.0
-    features[0, 24:56, 2] += 1.0
-    features[0, [8, 24], 4] += 1.0  # starts
-    features[0, [11, 55], 5] += 1.0  # ends
-    return {"features": features, "mask": torch.ones(1, 64, dtype=torch.bool),
-            "segments": [torch.tensor([[8.0, 12.0], [24.0, 56.0]])], "labels": [torch.tensor([0, 2])]}
-
-
 def test_registered_and_shapes_of_the_official_network():
     assert "tcn" in MODELS.names()
     model = MODELS.build({"name": "tcn", "input_dim": 202, "num_classes": 200})
@@ -284,20 +274,6 @@ def test_predictions_do_not_depend_on_padding_or_batch_mates():
     for a, b in zip(alone, batched):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert float(alone[0].max()) <= 50.0 and float(alone[0].min()) >= 0.0
-
-
-def fit(model: TCN, batch: dict, steps: int) -> list[float]:
-    torch.manual_seed(0)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = model(batch)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_loss_goes_down_over_50_steps():
