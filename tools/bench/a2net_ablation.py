@@ -9,7 +9,13 @@ times with `tal train`'s own loop (same seed, same data, same epochs), changing 
   (thresholds: the 1/3 and 2/3 quantiles of the validation durations, so ties share a side; the
   counts are printed), by DETAD's sensitivity protocol (`tal.eval.detection.evaluate_detection_part`):
   a detection that finds an instance of another third is left out there, not counted as a false
-  positive; a detection of nothing is a false positive everywhere.
+  positive; a detection of nothing is a false positive everywhere;
+- mAP@0.5 on the extremely short (ES, shortest 20%) and extremely long (EL, longest 20%) instances by
+  the protocol of the paper's own duration table (its Table 1 scripts in VividLe/A2Net): instances
+  sorted by duration and cut into fifths by count; each detection goes to the part of the instance of
+  its video (any class) it overlaps most, and a detection that overlaps no instance is dropped; each
+  part's detections are scored against that part's instances (a class with instances but no
+  detections there scores 0; the paper's scripts delete such classes instead).
 `--seeds 0,1,2` repeats the three trainings per seed (model initialisation and batch order; the data
 stay the same) and reports the mean and range: one seed's differences can be noise.
 The set is made with `python -m tal.datasets.synthetic detection DIR --videos N --seed S` unless DIR
@@ -33,10 +39,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tal.datasets.types import DetectionAnnotations  # noqa: E402
+from tal.datasets.types import DetectionAnnotations, VideoAnnotation  # noqa: E402
 from tal.eval.detection import evaluate_detection, evaluate_detection_part  # noqa: E402
 from tal.eval.groundtruth import load_subset  # noqa: E402
-from tal.eval.predictions import read_segment_predictions  # noqa: E402
+from tal.eval.predictions import SegmentPredictions, read_segment_predictions  # noqa: E402
+from tal.ops.segments import tiou as segment_tiou  # noqa: E402
 
 VARIANTS = {  # name -> overrides
     "both": ["model.anchor_based=true", "model.anchor_free=true"],
@@ -56,6 +63,65 @@ def instance_durations(truth: DetectionAnnotations) -> np.ndarray:
     return np.concatenate([np.diff(a.segments.reshape(-1, 2), axis=1)[:, 0] for a in truth.videos.values()])
 
 
+def duration_fifths(durations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """bool [G] masks of the shortest and the longest fifth by count (the paper's ES and EL: the first
+    int(0.2 G) and the last G - int(0.8 G) after a stable sort by duration)."""
+    order = np.argsort(durations, kind="stable")
+    shortest, longest = np.zeros(len(durations), dtype=bool), np.zeros(len(durations), dtype=bool)
+    shortest[order[: int(0.2 * len(durations))]] = True
+    longest[order[int(0.8 * len(durations)):]] = True
+    return shortest, longest
+
+
+def nearest_instances(truth: DetectionAnnotations, predictions: SegmentPredictions) -> np.ndarray:
+    """[N] the ground-truth instance (index in `instance_durations` order) each prediction overlaps
+    most in its video, any class; -1 when it overlaps none (or its video has none)."""
+    offsets = np.cumsum([0] + [len(a.labels) for a in truth.videos.values()])
+    start = dict(zip(truth.videos, offsets[:-1]))
+    out = np.full(predictions.num_predictions, -1, dtype=np.int64)
+    video_of = predictions.video_of_each()
+    for v, vid in enumerate(predictions.video_ids):
+        if vid not in truth.videos or not len(truth.videos[vid].labels):
+            continue
+        rows = np.flatnonzero(video_of == v)
+        overlap = segment_tiou(predictions.segments[rows][:, None, :], truth.videos[vid].segments.reshape(1, -1, 2))
+        best = overlap.argmax(axis=1)  # [n]
+        hit = overlap[np.arange(len(rows)), best] > 0
+        out[rows[hit]] = start[vid] + best[hit]
+    return out
+
+
+def subset_truth(truth: DetectionAnnotations, keep: np.ndarray) -> DetectionAnnotations:
+    """The same videos with only the instances where `keep` [G] is True."""
+    videos, at = {}, 0
+    for vid, a in truth.videos.items():
+        mine = keep[at: at + len(a.labels)]
+        at += len(a.labels)
+        videos[vid] = VideoAnnotation(vid, a.subset, a.duration, a.segments.reshape(-1, 2)[mine],
+                                      [label for label, k in zip(a.labels, mine) if k], a.extra)
+    return DetectionAnnotations(videos, truth.classes, truth.source)
+
+
+def subset_predictions(predictions: SegmentPredictions, keep: np.ndarray) -> SegmentPredictions:
+    """The predictions where `keep` [N] is True, in file order."""
+    counts = np.bincount(predictions.video_of_each()[keep], minlength=len(predictions.video_ids))
+    return SegmentPredictions(predictions.video_ids, counts, predictions.segments[keep], predictions.scores[keep],
+                              [label for label, k in zip(predictions.labels, keep) if k], predictions.source)
+
+
+def paper_table_parts(truth: DetectionAnnotations, predictions: SegmentPredictions) -> dict:
+    """mAP@0.5 on ES and EL by the paper's duration-table protocol (module docstring)."""
+    shortest, longest = duration_fifths(instance_durations(truth))
+    nearest = nearest_instances(truth, predictions)
+    out = {}
+    for name, part in (("ES", shortest), ("EL", longest)):
+        mine = (nearest >= 0) & np.append(part, False)[nearest]  # -1 indexes the False pad
+        result = evaluate_detection(subset_truth(truth, part), subset_predictions(predictions, mine), np.array([0.5]))
+        out[f"mAP@0.5_{name}"] = float(result.mAP[0])
+        out[f"instances_{name}"] = int(part.sum())
+    return out
+
+
 def score_parts(truth: DetectionAnnotations, predictions_path: Path, tiou: np.ndarray) -> dict:
     """mAP@0.5 on all / shortest third / longest third of `truth` (DETAD's protocol), and average mAP on all."""
     low, high = duration_thirds(truth)
@@ -70,6 +136,7 @@ def score_parts(truth: DetectionAnnotations, predictions_path: Path, tiou: np.nd
         out[f"instances_{name}"] = int(keep.sum())
     out["average_mAP"] = evaluate_detection(truth, predictions, tiou).average_mAP
     out["short_max_s"], out["long_min_s"] = low, high
+    out.update(paper_table_parts(truth, predictions))
     return out
 
 
@@ -121,11 +188,15 @@ def table(means: list[dict]) -> str:
     width = 21 if several else 7
     lines = [f"short third: <= {first['short_max_s']:.2f} s ({first['instances_short']:.0f} instances), long third: "
              f">= {first['long_min_s']:.2f} s ({first['instances_long']:.0f}), all: {first['instances_all']:.0f}; "
-             f"training seeds {first['seeds']}" + (" (mean [min-max])" if several else ""),
-             f"{'variant':<13} {'mAP@0.5':>{width}} {'short':>{width}} {'long':>{width}} {'avg mAP':>8} {'train s':>8}"]
+             f"training seeds {first['seeds']}" + (" (mean [min-max])" if several else "")
+             + f"; ES / EL: the shortest / longest fifth ({first['instances_ES']:.0f} / {first['instances_EL']:.0f}), "
+               "the paper's protocol",
+             f"{'variant':<13} {'mAP@0.5':>{width}} {'short':>{width}} {'long':>{width}} {'ES':>{width}} "
+             f"{'EL':>{width}} {'avg mAP':>8} {'train s':>8}"]
     for r in means:
         lines.append(f"{r['variant']:<13} {cell(r, 'mAP@0.5_all'):>{width}} {cell(r, 'mAP@0.5_short'):>{width}} "
-                     f"{cell(r, 'mAP@0.5_long'):>{width}} {r['average_mAP']:>8.3f} {r['train_s']:>8.1f}")
+                     f"{cell(r, 'mAP@0.5_long'):>{width}} {cell(r, 'mAP@0.5_ES'):>{width}} "
+                     f"{cell(r, 'mAP@0.5_EL'):>{width}} {r['average_mAP']:>8.3f} {r['train_s']:>8.1f}")
     return "\n".join(lines)
 
 
