@@ -87,8 +87,9 @@ def evaluate_detection(ground_truth: DetectionAnnotations, predictions: SegmentP
     m = _match(ground_truth, predictions, tiou_thresholds)
     notes = _notes(ground_truth, predictions, m.classes, m.pred_class, m.pred_video)
     ap = np.zeros((len(m.thresholds), len(m.classes)))
+    tp = m.tp
     for c in np.flatnonzero(m.class_counts):
-        ap[:, c] = _average_precision(m.tp[:, m.starts[c]:m.starts[c + 1]], m.num_gt[c])
+        ap[:, c] = _average_precision(tp[:, m.starts[c]:m.starts[c + 1]], m.num_gt[c])
     return DetectionResult(m.thresholds, m.classes, ap, notes)
 
 
@@ -134,7 +135,8 @@ def class_matches(ground_truth: DetectionAnnotations, predictions: SegmentPredic
     order, number of ground truths). For precision/recall curves (`tal.viz`):
     `_average_precision(tp, num_gt)` is `evaluate_detection(...).ap[:, c]`, by the same matching."""
     m = _match(ground_truth, predictions, tiou_thresholds)
-    return {label: (m.tp[:, m.starts[c]:m.starts[c + 1]], int(m.num_gt[c])) for c, label in enumerate(m.classes)}
+    tp = m.tp
+    return {label: (tp[:, m.starts[c]:m.starts[c + 1]], int(m.num_gt[c])) for c, label in enumerate(m.classes)}
 
 
 @dataclass
