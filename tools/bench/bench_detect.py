@@ -32,26 +32,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from benchlib import best_of  # noqa: E402
+
 TRAIN_VIDEOS = 6
 TRAIN_FEATURES = dict(backbone="handcrafted", window=8, stride=4)  # tal demo's settings
 CONFIG = REPO / "configs" / "synthetic" / "a2net.yaml"
-
-
-def best_of(runs: int, fn: Callable[[], object]) -> tuple[float, object]:
-    """Smallest wall time of `runs` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def say(message: str) -> None:

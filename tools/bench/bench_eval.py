@@ -15,30 +15,20 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from benchlib import best_of  # noqa: E402
+
 from tal.eval.detection import THUMOS14_TIOU, evaluate_detection, evaluate_detection_files  # noqa: E402
 from tal.eval.grounding import evaluate_grounding, evaluate_grounding_files  # noqa: E402
 from tal.eval.groundtruth import load_subset  # noqa: E402
 from tal.eval.predictions import read_grounding_predictions, read_segment_predictions  # noqa: E402
 from tal.eval.proposals import evaluate_proposals, evaluate_proposals_files  # noqa: E402
-
-
-def best_of(runs: int, fn: Callable[[], object]) -> tuple[float, object]:
-    """Smallest wall time of `runs` calls, and the last result."""
-    best, result = float("inf"), None
-    for _ in range(runs):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def tasks(data: Path) -> list[dict]:
