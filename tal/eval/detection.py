@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -87,9 +88,8 @@ def evaluate_detection(ground_truth: DetectionAnnotations, predictions: SegmentP
     m = _match(ground_truth, predictions, tiou_thresholds)
     notes = _notes(ground_truth, predictions, m.classes, m.pred_class, m.pred_video)
     ap = np.zeros((len(m.thresholds), len(m.classes)))
-    tp = m.tp
     for c in np.flatnonzero(m.class_counts):
-        ap[:, c] = _average_precision(tp[:, m.starts[c]:m.starts[c + 1]], m.num_gt[c])
+        ap[:, c] = _average_precision(m.tp[:, m.starts[c]:m.starts[c + 1]], m.num_gt[c])
     return DetectionResult(m.thresholds, m.classes, ap, notes)
 
 
@@ -125,7 +125,7 @@ def evaluate_detection_part(ground_truth: DetectionAnnotations, predictions: Seg
         cols = slice(m.starts[c], m.starts[c + 1])
         for t in range(len(m.thresholds)):
             stay = ~outside[t, cols]
-            ap[t, j] = _average_precision(m.matched[t:t + 1, cols][:, stay] >= 0, kept_gt[c])[0]
+            ap[t, j] = _average_precision(m.tp[t:t + 1, cols][:, stay], kept_gt[c])[0]
     return DetectionResult(m.thresholds, [m.classes[c] for c in averaged], ap)
 
 
@@ -135,8 +135,7 @@ def class_matches(ground_truth: DetectionAnnotations, predictions: SegmentPredic
     order, number of ground truths). For precision/recall curves (`tal.viz`):
     `_average_precision(tp, num_gt)` is `evaluate_detection(...).ap[:, c]`, by the same matching."""
     m = _match(ground_truth, predictions, tiou_thresholds)
-    tp = m.tp
-    return {label: (tp[:, m.starts[c]:m.starts[c + 1]], int(m.num_gt[c])) for c, label in enumerate(m.classes)}
+    return {label: (m.tp[:, m.starts[c]:m.starts[c + 1]], int(m.num_gt[c])) for c, label in enumerate(m.classes)}
 
 
 @dataclass
@@ -151,9 +150,9 @@ class _Matching:
     num_gt: np.ndarray  # [C]
     gt_class: np.ndarray  # [G] class index of each ground truth, in the annotations' order
 
-    @property
+    @cached_property
     def tp(self) -> np.ndarray:
-        """[T, P] bool: true positives, by class then rank."""
+        """[T, P] bool: true positives, by class then rank (computed once: callers slice it per class)."""
         return self.matched >= 0
 
 
