@@ -141,11 +141,10 @@ class GroundingTask(Task):
             if not tokenize(sentence):
                 raise TalInputError(f"query {sentence!r} has no words")
         batch = self.text_inputs(model, sentences)
-        rows: dict[int, int] = {}  # queries about one video share its clips tensor: the head runs it once
-        video_index = [rows.setdefault(id(c), len(rows)) for c in clips]
-        unique = {row: c for c, row in zip(clips, video_index)}
-        batch["features"] = torch.stack([unique[row] for row in range(len(unique))])
-        batch["video_index"] = torch.tensor(video_index, dtype=torch.long)
+        unique = list({id(c): c for c in clips}.values())  # queries about one video share its clips tensor
+        row = {id(c): i for i, c in enumerate(unique)}
+        batch["features"] = torch.stack(unique)  # [V, ...]: the head runs each video once
+        batch["video_index"] = torch.tensor([row[id(c)] for c in clips], dtype=torch.long)  # [B]
         batch["duration"] = torch.tensor(durations_s, dtype=torch.float64)
         if segments_s is not None:
             batch["segment"] = torch.tensor(segments_s, dtype=torch.float64)
