@@ -155,8 +155,10 @@ def fire(url: str, bodies: list[dict], clients: int, timeout_s: float = 60.0) ->
         writer.write(request)
         header = await reader.readuntil(b"\r\n\r\n")
         status = int(header.split(b" ", 2)[1])
-        length = next(int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")
-                      if line.lower().startswith(b"content-length:"))
+        length = next((int(line.split(b":", 1)[1]) for line in header.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), None)
+        if length is None:  # (a StopIteration would turn into a RuntimeError inside a coroutine)
+            raise ValueError("a response without Content-Length")
         await reader.readexactly(length)
         return status == 200
 
@@ -169,7 +171,7 @@ def fire(url: str, bodies: list[dict], clients: int, timeout_s: float = 60.0) ->
                 if writer is None:
                     reader, writer = await asyncio.open_connection(host, port)
                 ok = await asyncio.wait_for(exchange(reader, writer, requests[i]), timeout_s)
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, StopIteration):
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
                 ok = False
                 if writer is not None:
                     writer.close()
