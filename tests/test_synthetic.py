@@ -117,6 +117,18 @@ def test_length_spread_is_roughly_log_uniform(det):
     assert counts.min() >= 0.05 * len(steps), counts
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_min_instance_steps_gives_thumos14_like_scales(tmp_path, seed):
+    """THUMOS14 test instances: shortest fifth <= 11 I3D steps, median 24, longest fifth >= 50."""
+    ds = make_detection_set(tmp_path, num_videos=40, seed=seed, feature_dim=8, num_steps=(160, 256),
+                            min_instance_steps=6)
+    ann, _, metas = load_detection(ds)
+    steps = np.array([n for n, _ in instance_steps(ann, metas)])
+    assert steps.min() == 6
+    fifth, median, four_fifths = np.quantile(steps, [0.2, 0.5, 0.8])
+    assert 7 <= fifth <= 14 and 18 <= median <= 32 and four_fifths >= 45, (fifth, median, four_fifths)
+
+
 def test_labels_are_readable_and_balanced(tmp_path):
     ds = make_detection_set(tmp_path, num_videos=8, num_classes=6, seed=3)
     labels = [label for a in read_activitynet_json(ds.annotations).videos.values() for label in a.labels]
@@ -367,6 +379,9 @@ def test_the_sentence_decides_which_segment(gro):
     ({"noise": -1.0}, "noise=-1.0"),
     ({"fps": 0.0}, "fps=0.0"),
     ({"seed": -1}, "seed=-1"),
+    ({"min_instance_steps": 0}, "min_instance_steps=0"),
+    ({"min_instance_steps": 2.0}, "min_instance_steps=2.0"),
+    ({"min_instance_steps": 77}, "min_instance_steps=77: .*video \\(76 steps\\)"),  # 0.8 x 96
 ])
 def test_bad_detection_arguments(tmp_path, kwargs, match):
     with pytest.raises(TalInputError, match=match):
@@ -406,7 +421,20 @@ def test_cli_prints_the_paths_as_json(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["detection", str(tmp_path / "bad"), "--val"])
     assert exit_info.value.code == 2 and "--val applies to grounding" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["grounding", str(tmp_path / "bad"), "--min-instance-steps", "4"])
+    assert exit_info.value.code == 2 and "detection sets only" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_cli_sets_video_and_instance_lengths(tmp_path, capsys):
+    assert main(["detection", str(tmp_path), "--videos", "8", "--feature-dim", "8", "--steps", "40", "48",
+                 "--min-instance-steps", "5"]) == 0
+    ann, _, metas = load_detection(make_detection_set(tmp_path / "same", num_videos=8, feature_dim=8,
+                                                      num_steps=(40, 48), min_instance_steps=5))
+    assert (tmp_path / "annotations.json").read_bytes() == (tmp_path / "same" / "annotations.json").read_bytes()
+    assert all(40 <= m.num_features <= 48 for m in metas.values())
+    assert min(n for n, _ in instance_steps(ann, metas)) >= 5
 
 
 def test_module_entry_point_writes_a_grounding_set(tmp_path):

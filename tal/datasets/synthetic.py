@@ -202,7 +202,7 @@ def _split_sizes(num_videos: int, fraction: float, extra: bool) -> tuple[int, in
 def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: int = 4, feature_dim: int = 64,
                        num_steps: tuple[int, int] = (96, 192), fps: float = 30.0, stride: int = 8, window: int = 16,
                        val_fraction: float = 0.25, seed: int = 0, noise: float = 1.0,
-                       distractors: bool = True) -> DetectionSet:
+                       distractors: bool = True, min_instance_steps: int = 1) -> DetectionSet:
     """Write `out_dir/features.h5` and `out_dir/annotations.json` (ActivityNet JSON) of a detection set.
 
     Videos `video_0000`, ...: T feature steps each, uniform in `num_steps`; duration T * stride / fps s.
@@ -226,14 +226,22 @@ def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: i
     Adam steps (~10 s on one CPU thread) reach mAP@0.5 0.56-0.71 and average mAP 0.47-0.59 on the
     validation videos (the 1-3 step instances are the hard part).
     Layout: 1-5 instances per video of random classes, non-overlapping with >= 1 step between them.
-    Lengths run from 1 step to 0.8 T, log-uniform: the first instance of each video has its
+    Lengths run from `min_instance_steps` (default 1) to 0.8 T, log-uniform: the first instance of each
+    video has its
     log-length stratified over the set (the videos take the quantiles [k/N, (k+1)/N), k < N, in
     random order), so with N >= 20 videos of T >= 40 steps a 1-step instance and one of >= T/2
-    steps are always there; the others are log-uniform up to what still fits. Needs
+    steps are always there; the others are log-uniform up to what still fits (an instance can be
+    shorter than `min_instance_steps` only where nothing longer fits). Needs
     feature_dim >= num_classes + 4.
+    THUMOS14-like scales: `min_instance_steps=6, num_steps=(160, 256)` put the shortest fifth of the
+    instances at <= ~11 steps and the longest fifth at >= ~80, as THUMOS14's test instances are at
+    <= 11 and >= 50 I3D steps (stride 4 frames); the default's shortest fifth is 1-2 steps.
     """
     low, high = _check_common(num_videos, feature_dim, num_steps, fps, stride, window, seed, noise,
                               val_fraction, "val_fraction")
+    if not _is_int(min_instance_steps) or not 1 <= min_instance_steps <= MAX_INSTANCE_FRACTION * low:
+        raise TalInputError(f"min_instance_steps={min_instance_steps!r}: need a whole number from 1 to "
+                            f"{MAX_INSTANCE_FRACTION} x the shortest video ({int(MAX_INSTANCE_FRACTION * low)} steps)")
     if not _is_int(num_classes) or not 1 <= num_classes <= len(CLASS_NAMES):
         raise TalInputError(f"num_classes={num_classes!r}: need 1 to {len(CLASS_NAMES)} "
                             f"({', '.join(CLASS_NAMES)})")
@@ -251,9 +259,10 @@ def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: i
     for v in range(num_videos):
         t = int(steps[v])
         max_len = max(1, int(MAX_INSTANCE_FRACTION * t))
-        first = int(round(np.exp(quantiles[v] * np.log(max_len + 0.5))))  # log-uniform on [1, max_len + 0.5]
+        log_low = np.log(min_instance_steps)
+        first = int(round(np.exp(log_low + quantiles[v] * (np.log(max_len + 0.5) - log_low))))  # log-uniform
         count = int(rng.integers(1, 6))
-        layouts.append(_place(rng, t, _lengths(rng, t, count, 1, max_len, 1, first=first), 1))
+        layouts.append(_place(rng, t, _lengths(rng, t, count, min_instance_steps, max_len, 1, first=first), 1))
     total = sum(len(spans) for spans in layouts)
     labels_all = rng.permutation(np.arange(total) % num_classes)  # [total] balanced, shuffled
     label_slices = np.split(labels_all, np.cumsum([len(spans) for spans in layouts])[:-1])
@@ -394,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--feature-dim", type=int, default=64)
     parser.add_argument("--noise", type=float, default=1.0, help="std of the Gaussian noise (default 1.0)")
+    parser.add_argument("--steps", type=int, nargs=2, metavar=("MIN", "MAX"),
+                        help="feature steps per video, uniform in [MIN, MAX] (default 96 192 for detection, "
+                             "see make_grounding_set for grounding)")
+    parser.add_argument("--min-instance-steps", type=int,
+                        help="detection: shortest instance in feature steps (default 1; 6 with --steps 160 256 "
+                             "gives THUMOS14-like scales)")
     parser.add_argument("--val", action="store_true", help="grounding: also write val.jsonl")
     return parser
 
@@ -403,12 +418,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.val and args.task != "grounding":
         parser.error("--val applies to grounding sets only (detection sets hold a 'validation' subset already)")
+    if args.min_instance_steps is not None and args.task != "detection":
+        parser.error("--min-instance-steps applies to detection sets only")
     common = {"feature_dim": args.feature_dim, "seed": args.seed, "noise": args.noise}
     if args.videos is not None:
         common["num_videos"] = args.videos
+    if args.steps is not None:
+        common["num_steps"] = tuple(args.steps)
     try:
         if args.task == "detection":
-            det = make_detection_set(args.out_dir, **common)
+            extra = {} if args.min_instance_steps is None else {"min_instance_steps": args.min_instance_steps}
+            det = make_detection_set(args.out_dir, **common, **extra)
             result = {"features": str(det.features), "annotations": str(det.annotations), "classes": det.classes}
         else:
             gro = make_grounding_set(args.out_dir, val=args.val, **common)
