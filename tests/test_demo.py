@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def new_video(tmp_path_factory):
-    from tal.datasets.synthetic_video import render_video
+    from tal.datasets.synthetic_render import render_video
 
     path = tmp_path_factory.mktemp("new") / "unseen.mp4"
     render_video(path, NEW_VIDEO_ACTIONS, 30.0, seed=12345)

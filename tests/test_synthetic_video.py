@@ -12,10 +12,9 @@ import torch
 
 from tal.datasets.activitynet import read_activitynet_json
 from tal.datasets.grounding import read_grounding_jsonl
-from tal.datasets.synthetic_video import (
-    ACTION_CLASSES, CLASS_NAMES, ActionInstance, describe, frame_span, main, make_video_set, plan_instances,
-    render_video, sample_layout, sentences,
-)
+from tal.datasets.synthetic_actions import ACTION_CLASSES, CLASS_NAMES, ActionInstance, frame_span, plan_instances
+from tal.datasets.synthetic_render import render_video
+from tal.datasets.synthetic_video import describe, main, make_video_set, sample_layout, sentences
 from tal.errors import TalInputError
 from tal.features.decode import decord_available, iter_clips, open_video, probe_video
 

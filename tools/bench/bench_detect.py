@@ -93,7 +93,9 @@ def checkpoint_fps(settings: dict) -> int:
 
 def long_video(scratch: Path, minutes: float, fps: int, size: tuple[int, int], seed: int) -> tuple[Path, int]:
     """(path, number of actions) of a rendered synthetic video of `minutes` (reused when present)."""
-    from tal.datasets.synthetic_video import CLASS_NAMES, render_video, sample_layout
+    from tal.datasets.synthetic_actions import CLASS_NAMES
+    from tal.datasets.synthetic_render import render_video
+    from tal.datasets.synthetic_video import sample_layout
 
     duration_s = round(minutes * 60 * fps) / fps
     layout = sample_layout(np.random.default_rng(seed), duration_s, fps, CLASS_NAMES, min_action_s=2.0,
