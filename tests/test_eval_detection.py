@@ -6,7 +6,7 @@ import pytest
 from tal.datasets.types import DetectionAnnotations, VideoAnnotation
 from tal.errors import TalInputError
 from tal.eval.detection import (ACTIVITYNET_TIOU, THUMOS14_TIOU, evaluate_detection, evaluate_detection_files,
-                                evaluate_detection_part, tiou_keys)
+                                evaluate_detection_part, evaluate_detection_parts, tiou_keys)
 from tal.eval.groundtruth import load_subset
 from tal.eval.predictions import parse_segment_predictions, read_segment_predictions
 
@@ -73,6 +73,24 @@ def test_part_drops_predictions_of_instances_outside_it():
     one = evaluate_detection_part(gt, preds, np.array([True, False, False, False]), np.array([0.5, 1.0]))
     assert one.classes == ["a"]
     np.testing.assert_allclose(one.ap, [[0.5], [0.5]])  # (0, 1) against (0, 1) has tIoU 1.0
+
+
+def test_parts_from_one_matching_equal_each_part_alone():
+    gt = gt_of({"v": [(0, 1, "a"), (10, 30, "a")], "w": [(40, 41, "b"), (50, 80, "b")]})
+    preds = preds_of({"v": [(10, 30, 0.9, "a"), (5, 6, 0.8, "a"), (0, 1.2, 0.7, "a")],
+                      "w": [(40, 41, 0.6, "b"), (55, 80, 0.5, "b"), (0, 1, 0.4, "a")]})
+    parts = {"short": np.array([True, False, True, False]), "long": np.array([False, True, False, True]),
+             "all": np.ones(4, dtype=bool)}
+    tiou = np.array([0.5, 0.7, 0.9])
+    together = evaluate_detection_parts(gt, preds, parts, tiou)
+    assert list(together) == ["short", "long", "all"]
+    for name, keep in parts.items():
+        alone = evaluate_detection_part(gt, preds, keep, tiou)
+        np.testing.assert_array_equal(together[name].ap, alone.ap)
+        assert together[name].classes == alone.classes
+    np.testing.assert_array_equal(together["all"].ap, evaluate_detection(gt, preds, tiou).ap)
+    with pytest.raises(TalInputError, match="keep has 3 entries"):
+        evaluate_detection_parts(gt, preds, {"ok": np.ones(4, dtype=bool), "bad": np.ones(3, dtype=bool)})
 
 
 def test_part_needs_one_flag_per_instance():

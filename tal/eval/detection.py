@@ -30,6 +30,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -113,7 +114,18 @@ def evaluate_detection_part(ground_truth: DetectionAnnotations, predictions: Seg
     high on it whatever it does elsewhere (Alwassel et al., "Diagnosing error in temporal action
     detectors", ECCV 2018, with plain rather than normalized precision).
     """
+    return evaluate_detection_parts(ground_truth, predictions, {"part": keep}, tiou_thresholds)["part"]
+
+
+def evaluate_detection_parts(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
+                             parts: Mapping[str, np.ndarray],
+                             tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> dict[str, DetectionResult]:
+    """`evaluate_detection_part` for several parts (name -> keep [G]) from one matching."""
     m = _match(ground_truth, predictions, tiou_thresholds)
+    return {name: _part_result(m, keep) for name, keep in parts.items()}
+
+
+def _part_result(m: _Matching, keep: np.ndarray) -> DetectionResult:
     keep = np.asarray(keep, dtype=bool).reshape(-1)
     if keep.shape != m.gt_class.shape:
         raise TalInputError(f"keep has {keep.size} entries; the ground truth has {m.gt_class.size} instances")

@@ -7,7 +7,7 @@ times with `tal train`'s own loop (same seed, same data, same epochs), changing 
 - mAP@0.5 (and average mAP over the config's eval.tiou) against all ground truth;
 - mAP@0.5 on only the shortest third and only the longest third of the ground truth by duration
   (thresholds: the 1/3 and 2/3 quantiles of the validation durations, so ties share a side; the
-  counts are printed), by DETAD's sensitivity protocol (`tal.eval.detection.evaluate_detection_part`):
+  counts are printed), by DETAD's sensitivity protocol (`tal.eval.detection.evaluate_detection_parts`):
   a detection that finds an instance of another third is left out there, not counted as a false
   positive; a detection of nothing is a false positive everywhere;
 - mAP@0.5 on the extremely short (ES, shortest 20%) and extremely long (EL, longest 20%) instances by
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tal.datasets.types import DetectionAnnotations, VideoAnnotation  # noqa: E402
-from tal.eval.detection import evaluate_detection, evaluate_detection_part  # noqa: E402
+from tal.eval.detection import evaluate_detection, evaluate_detection_parts  # noqa: E402
 from tal.eval.groundtruth import load_subset  # noqa: E402
 from tal.eval.predictions import SegmentPredictions, read_segment_predictions  # noqa: E402
 from tal.ops.segments import tiou as segment_tiou  # noqa: E402
@@ -128,13 +128,13 @@ def score_parts(truth: DetectionAnnotations, predictions_path: Path, tiou: np.nd
     predictions = read_segment_predictions(predictions_path, with_labels=True)
     durations = instance_durations(truth)
     parts = {"all": np.ones(len(durations), dtype=bool), "short": durations <= low, "long": durations >= high}
-    at_half = np.union1d(tiou, [0.5])
+    thresholds = np.union1d(tiou, [0.5])
     out = {}
+    results = evaluate_detection_parts(truth, predictions, parts, thresholds)
     for name, keep in parts.items():
-        result = evaluate_detection_part(truth, predictions, keep, at_half)
-        out[f"mAP@0.5_{name}"] = float(result.mAP[np.isclose(result.tiou_thresholds, 0.5)][0])
+        out[f"mAP@0.5_{name}"] = float(results[name].mAP[thresholds == 0.5][0])
         out[f"instances_{name}"] = int(keep.sum())
-    out["average_mAP"] = evaluate_detection(truth, predictions, tiou).average_mAP
+    out["average_mAP"] = float(results["all"].mAP[np.isin(thresholds, tiou)].mean())  # keeping all = evaluate_detection
     out["short_max_s"], out["long_min_s"] = low, high
     out.update(paper_table_parts(truth, predictions))
     return out
