@@ -174,6 +174,23 @@ def test_nms_settings_reach_post_processing():
     torch.testing.assert_close(soft[1][0], hard[1][0])  # the best detection is never decayed
 
 
+def test_ab_score_weight_scales_only_merged_anchor_based_scores():
+    model = tiny_model(ab_score_weight=0.5, nms={"method": "none", "max_detections": None}).eval()
+    batch = toy_batch()
+    model.anchor_free = False
+    ab = model.predict(batch)[0][1]  # one module alone: the weight does not apply
+    model.anchor_free, model.anchor_based = True, False
+    af = model.predict(batch)[0][1]
+    model.anchor_based = True
+    merged = model.predict(batch)[0][1]
+    torch.testing.assert_close(merged, torch.cat([af, 0.5 * ab]).sort(descending=True).values)
+    model.ab_score_weight = 1.0
+    torch.testing.assert_close(model.predict(batch)[0][1], torch.cat([af, ab]).sort(descending=True).values)
+    for bad in (0.0, 1.5):
+        with pytest.raises(TalInputError, match=rf"model.ab_score_weight={bad}: need a weight in \(0, 1\]"):
+            build_a2net(tiny_cfg(ab_score_weight=bad))
+
+
 def test_anchors_sure_of_background_are_dropped():
     model = tiny_model(anchor_free=False).eval()
     batch = toy_batch()

@@ -20,7 +20,9 @@ Total loss = 1 * ab_cls + 10 * ab_overlap + 10 * ab_loc + 30 * af_cls + 1 * af_r
 THUMOS14 weights; `loss_weights` overrides). At inference an anchor scores softmax * sigmoid(overlap)
 and is dropped when its background probability is >= 0.98; a position scores its softmax; both sets
 are merged and `tal.ops.nms.postprocess_detections` runs per-class NMS with the `nms` settings
-(default: hard, tIoU 0.2, 200 detections, the official THUMOS14 setting).
+(default: hard, tIoU 0.2, 200 detections, the official THUMOS14 setting). Before the merge the
+anchor-based scores are multiplied by `ab_score_weight` (the official code's TEST.CONCAT_AB: 1 in its
+THUMOS14 config, 0.4 in its ActivityNet ablation); it changes nothing when one module is off.
 
 Units: segments are [start, end] in feature steps, feature i spanning [i, i + 1). Level l has stride
 2 ** (l + 1) feature steps and position j is centred at (j + 0.5) * stride. T is padded on the right to a
@@ -205,7 +207,7 @@ class A2Net(nn.Module):
                  base_dim: int = 512, pyramid_dims: list[int] = THUMOS_PYRAMID_DIMS, head_dim: int = 512,
                  anchor_ratios: list[float] = THUMOS_RATIOS, box_scales: tuple[float, float] = (0.1, 0.1),
                  match_tiou: float = 0.5, negative_ratio: float = 1.0, loss_weights: dict | None = None,
-                 background_threshold: float = 0.98, nms: dict | None = None):
+                 background_threshold: float = 0.98, nms: dict | None = None, ab_score_weight: float = 1.0):
         super().__init__()
         if not (anchor_based or anchor_free):
             raise TalInputError("A2Net needs at least one module: set model.anchor_based or model.anchor_free "
@@ -213,7 +215,10 @@ class A2Net(nn.Module):
         self.num_classes, self.anchor_based, self.anchor_free = num_classes, anchor_based, anchor_free
         self.anchor_ratios, self.box_scales = list(anchor_ratios), tuple(box_scales)
         self.match_tiou, self.negative_ratio = match_tiou, negative_ratio
-        self.background_threshold = background_threshold
+        if not 0 < ab_score_weight <= 1:
+            raise TalInputError(f"model.ab_score_weight={ab_score_weight!r}: need a weight in (0, 1] for the "
+                                "anchor-based scores merged with the anchor-free ones")
+        self.background_threshold, self.ab_score_weight = background_threshold, float(ab_score_weight)
         self.loss_weights = {**THUMOS_LOSS_WEIGHTS, **(loss_weights or {})}
         self.nms = {**THUMOS_NMS, **(nms or {})}
         self.strides = level_strides(len(pyramid_dims))
@@ -318,7 +323,7 @@ class A2Net(nn.Module):
             probs = out["ab_logits"].softmax(dim=-1)  # [B, A, C+1]
             score, label = (probs[..., 1:] * torch.sigmoid(out["ab_overlap"])[..., None]).max(dim=-1)  # [B, A]
             segments.append(out["ab_segments"])
-            scores.append(score)
+            scores.append(score * (self.ab_score_weight if self.anchor_free else 1.0))
             labels.append(label)
             keep.append(out["ab_valid"] & (probs[..., 0] < self.background_threshold))
         if self.anchor_free:
@@ -342,7 +347,7 @@ def _mean_or_zero(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 MODEL_KEYS = {"input_dim", "num_classes", "anchor_based", "anchor_free", "base_dim", "pyramid_dims", "head_dim",
               "anchor_ratios", "box_scales", "match_tiou", "negative_ratio", "loss_weights", "background_threshold",
-              "nms"}
+              "nms", "ab_score_weight"}
 
 
 @MODELS.register("a2net")
