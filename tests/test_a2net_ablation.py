@@ -64,3 +64,22 @@ def test_paper_protocol_scores_each_part_with_its_own_detections_only(ablation):
     assert parts["mAP@0.5_ES"] == pytest.approx(1.0) and parts["instances_ES"] == 2
     # EL = v1 (10, 50) "b" and v1 (100, 150) "b": one found -> AP 0.5 for "b", the only class there
     assert parts["mAP@0.5_EL"] == pytest.approx(0.5) and parts["instances_EL"] == 2
+
+
+def test_one_tiny_run_scores_every_variant_and_both_branches(ablation, tmp_path, one_torch_thread):
+    from tal.datasets.synthetic import make_detection_set
+
+    make_detection_set(tmp_path / "set", num_videos=8, feature_dim=8, num_steps=(32, 48))
+    rows = ablation.run(str(REPO / "configs/synthetic/a2net.yaml"), tmp_path / "set", tmp_path / "runs",
+                        ["train.epochs=1", "eval.interval=1", "dataset.num_steps=64",
+                         "model.pyramid_dims=[8,8,8]", "model.base_dim=8", "model.head_dim=8"], [0])
+    assert [r["variant"] for r in rows] == ["both", "both: AB outputs", "both: AF outputs", "anchor_based",
+                                           "anchor_free"]
+    assert {p.name for p in (tmp_path / "runs" / "both_seed0").glob("predictions*.json")} == {
+        "predictions.json", "predictions_AB_outputs.json", "predictions_AF_outputs.json"}
+    files = [(tmp_path / "runs" / "both_seed0" / f"predictions{s}.json").read_bytes() for s in ("", "_AB_outputs",
+                                                                                            "_AF_outputs")]
+    assert len(set(files)) == 3
+    assert all(0 <= r["mAP@0.5_all"] <= 1 and r["instances_all"] == rows[0]["instances_all"] for r in rows)
+    assert [m["variant"] for m in ablation.summary(rows)] == ["both", "anchor_based", "anchor_free",
+                                                             "both: AB outputs", "both: AF outputs"]

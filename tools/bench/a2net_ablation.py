@@ -16,10 +16,14 @@ times with `tal train`'s own loop (same seed, same data, same epochs), changing 
   its video (any class) it overlaps most, and a detection that overlaps no instance is dropped; each
   part's detections are scored against that part's instances (a class with instances but no
   detections there scores 0; the paper's scripts delete such classes instead).
+Two more rows come from the "both" model without retraining: its anchor-based outputs alone and its
+anchor-free outputs alone ("both: AB outputs", "both: AF outputs"). Against the single-module rows they
+show what training the modules together does to each; against "both" what merging their detections does.
 `--seeds 0,1,2` repeats the three trainings per seed (model initialisation and batch order; the data
 stay the same) and reports the mean and range: one seed's differences can be noise.
 The set is made with `python -m tal.datasets.synthetic detection DIR --videos N --seed S` unless DIR
-already holds one. Prints a table; `--json` also writes it.
+already holds one (`--thumos-scales`: THUMOS14-like instance lengths, see tal.datasets.synthetic).
+Prints a table; `--json` also writes it.
 
     flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/a2net_ablation.py --data /tmp/syn160 --videos 160 \\
         --seeds 0,1,2 --work-dir /tmp/a2net_ablation --json a2net_ablation.json
@@ -49,6 +53,12 @@ VARIANTS = {  # name -> overrides
     "both": ["model.anchor_based=true", "model.anchor_free=true"],
     "anchor_based": ["model.anchor_based=true", "model.anchor_free=false"],
     "anchor_free": ["model.anchor_based=false", "model.anchor_free=true"],
+}
+
+
+BRANCHES = {  # rows scored from the "both" model's own outputs -> (anchor_based, anchor_free)
+    "both: AB outputs": (True, False),
+    "both: AF outputs": (False, True),
 }
 
 
@@ -141,7 +151,7 @@ def score_parts(truth: DetectionAnnotations, predictions_path: Path, tiou: np.nd
 
 
 def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[int]) -> list[dict]:
-    """One row per (variant, training seed)."""
+    """One row per (variant, training seed), plus the two BRANCHES rows from each "both" model."""
     from tal.config import load_config
     from tal.engine.trainer import train
     from tal.tasks.detection import parse_tiou
@@ -157,18 +167,42 @@ def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[i
             train(cfg, out_dir, progress=False)
             seconds = time.perf_counter() - start
             truth = load_subset(data / "annotations.json", cfg["dataset"]["val_subset"])
-            row = {"variant": name, "seed": seed, "train_s": round(seconds, 1),
-                   **score_parts(truth, out_dir / "predictions.json", parse_tiou(cfg.get("eval", {}).get("tiou")))}
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            tiou = parse_tiou(cfg.get("eval", {}).get("tiou"))
+            found = [(name, seconds, out_dir / "predictions.json")]
+            if name == "both":
+                found += [(branch, 0.0, path) for branch, path in branch_predictions(out_dir).items()]
+            for variant, train_s, path in found:
+                row = {"variant": variant, "seed": seed, "train_s": round(train_s, 1), **score_parts(truth, path, tiou)}
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
+
+
+def branch_predictions(out_dir: Path) -> dict[str, Path]:
+    """Predictions of the jointly trained model's best checkpoint with only its anchor-based, then only
+    its anchor-free outputs (no retraining): BRANCHES name -> predictions file in `out_dir`. Separates
+    what training both modules together does to each from what merging their detections does."""
+    import torch
+
+    from tal.engine.trainer import load_trained
+
+    task, model, _ = load_trained(out_dir / "checkpoint_best.pt", with_data=True)
+    out = {}
+    for name, (anchor_based, anchor_free) in BRANCHES.items():
+        model.anchor_based, model.anchor_free = anchor_based, anchor_free
+        path = out_dir / f"predictions_{name.split(': ')[1].replace(' ', '_')}.json"
+        task.write_predictions(task.predict(model, task.val_split, torch.device("cpu")), path)
+        out[name] = path
+    return out
 
 
 def summary(rows: list[dict]) -> list[dict]:
     """Per variant: the mean of every figure over the seeds, and each mAP's min and max."""
     out = []
-    for name in VARIANTS:
+    for name in [*VARIANTS, *BRANCHES]:
         mine = [r for r in rows if r["variant"] == name]
+        if not mine:
+            continue
         mean = {k: float(np.mean([r[k] for r in mine])) for k in mine[0] if k not in ("variant", "seed")}
         spread = {f"{k}_range": [min(r[k] for r in mine), max(r[k] for r in mine)] for k in mine[0]
                   if k.startswith("mAP") or k == "average_mAP"}
@@ -191,10 +225,10 @@ def table(means: list[dict]) -> str:
              f"training seeds {first['seeds']}" + (" (mean [min-max])" if several else "")
              + f"; ES / EL: the shortest / longest fifth ({first['instances_ES']:.0f} / {first['instances_EL']:.0f}), "
                "the paper's protocol",
-             f"{'variant':<13} {'mAP@0.5':>{width}} {'short':>{width}} {'long':>{width}} {'ES':>{width}} "
+             f"{'variant':<17} {'mAP@0.5':>{width}} {'short':>{width}} {'long':>{width}} {'ES':>{width}} "
              f"{'EL':>{width}} {'avg mAP':>8} {'train s':>8}"]
     for r in means:
-        lines.append(f"{r['variant']:<13} {cell(r, 'mAP@0.5_all'):>{width}} {cell(r, 'mAP@0.5_short'):>{width}} "
+        lines.append(f"{r['variant']:<17} {cell(r, 'mAP@0.5_all'):>{width}} {cell(r, 'mAP@0.5_short'):>{width}} "
                      f"{cell(r, 'mAP@0.5_long'):>{width}} {cell(r, 'mAP@0.5_ES'):>{width}} "
                      f"{cell(r, 'mAP@0.5_EL'):>{width}} {r['average_mAP']:>8.3f} {r['train_s']:>8.1f}")
     return "\n".join(lines)
@@ -206,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="synthetic detection set folder (made if it has no features.h5)")
     parser.add_argument("--videos", type=int, default=160, help="videos of the set when it is made (default 160)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the set when it is made (default 0)")
+    parser.add_argument("--thumos-scales", action="store_true", help="when the set is made: videos of 160-256 "
+                        "steps, instances of >= 6 steps (THUMOS14-like scales; default: 96-192 and >= 1)")
     parser.add_argument("--work-dir", required=True, help="one training folder per variant goes here")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more config overrides for every variant (e.g. train.epochs=10)")
@@ -224,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("tal.train").setLevel(logging.WARNING)
     data = Path(args.data)
     if not (data / "features.h5").is_file():
-        make_detection_set(data, num_videos=args.videos, seed=args.seed)
+        scales = {"num_steps": (160, 256), "min_instance_steps": 6} if args.thumos_scales else {}
+        make_detection_set(data, num_videos=args.videos, seed=args.seed, **scales)
     rows = run(args.config, data, Path(args.work_dir), args.overrides, [int(s) for s in args.seeds.split(",")])
     means = summary(rows)
     print(table(means))
