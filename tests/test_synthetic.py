@@ -12,7 +12,7 @@ import pytest
 from tal.datasets.activitynet import read_activitynet_json
 from tal.datasets.grounding import read_grounding_jsonl
 from tal.datasets.synthetic import (
-    CLASS_NAMES, CLASS_SIGNAL, EVENT_PHRASINGS, EVENT_SIGNAL, WEAK_COPY, main, make_detection_set,
+    CLASS_NAMES, CLASS_SIGNAL, EVENT_PHRASINGS, EVENT_SIGNAL, THUMOS14_SCALES, WEAK_COPY, main, make_detection_set,
     make_grounding_set, step_spans_to_seconds,
 )
 from tal.errors import TalInputError
@@ -120,8 +120,7 @@ def test_length_spread_is_roughly_log_uniform(det):
 @pytest.mark.parametrize("seed", range(3))
 def test_min_instance_steps_gives_thumos14_like_scales(tmp_path, seed):
     """THUMOS14 test instances: shortest fifth <= 11 I3D steps, median 24, longest fifth >= 50."""
-    ds = make_detection_set(tmp_path, num_videos=40, seed=seed, feature_dim=8, num_steps=(160, 256),
-                            min_instance_steps=6)
+    ds = make_detection_set(tmp_path, num_videos=40, seed=seed, feature_dim=8, **THUMOS14_SCALES)
     ann, _, metas = load_detection(ds)
     steps = np.array([n for n, _ in instance_steps(ann, metas)])
     assert steps.min() == 6

@@ -72,6 +72,7 @@ DISTRACTOR_PROB = 0.5  # detection: chance that a background gap of >= 4 steps h
 MAX_INSTANCE_FRACTION = 0.8  # detection: longest instance, as a fraction of the video's steps
 EVENT_SIGNAL = 2.0  # grounding: amplitude of an event-type signature
 EVENT_FRACTION = (0.08, 0.6)  # grounding: event length, as a fraction of the video's steps
+THUMOS14_SCALES = {"num_steps": (160, 256), "min_instance_steps": 6}  # detection: see make_detection_set
 NO_TIMESTAMP = "synthetic: no timestamp, so the same seed gives the same bytes"
 
 
@@ -226,16 +227,16 @@ def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: i
     Adam steps (~10 s on one CPU thread) reach mAP@0.5 0.56-0.71 and average mAP 0.47-0.59 on the
     validation videos (the 1-3 step instances are the hard part).
     Layout: 1-5 instances per video of random classes, non-overlapping with >= 1 step between them.
-    Lengths run from `min_instance_steps` (default 1) to 0.8 T, log-uniform: the first instance of each
-    video has its
-    log-length stratified over the set (the videos take the quantiles [k/N, (k+1)/N), k < N, in
+    Lengths run from `min_instance_steps` (default 1) to 0.8 T, log-uniform: the first instance of
+    each video has its log-length stratified over the set (the videos take the quantiles [k/N, (k+1)/N), k < N, in
     random order), so with N >= 20 videos of T >= 40 steps a 1-step instance and one of >= T/2
     steps are always there; the others are log-uniform up to what still fits (an instance can be
     shorter than `min_instance_steps` only where nothing longer fits). Needs
     feature_dim >= num_classes + 4.
-    THUMOS14-like scales: `min_instance_steps=6, num_steps=(160, 256)` put the shortest fifth of the
-    instances at <= ~11 steps and the longest fifth at >= ~80, as THUMOS14's test instances are at
-    <= 11 and >= 50 I3D steps (stride 4 frames); the default's shortest fifth is 1-2 steps.
+    THUMOS14_SCALES (`num_steps=(160, 256), min_instance_steps=6`) put the shortest fifth of the
+    instances at <= ~11 steps, the median at ~25 and the longest fifth at >= ~60, as THUMOS14's test
+    instances are at <= 11, 24 and >= 50 I3D steps (stride 4 frames); the default's shortest fifth is
+    1-2 steps.
     """
     low, high = _check_common(num_videos, feature_dim, num_steps, fps, stride, window, seed, noise,
                               val_fraction, "val_fraction")

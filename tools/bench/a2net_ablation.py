@@ -56,9 +56,9 @@ VARIANTS = {  # name -> overrides
 }
 
 
-BRANCHES = {  # rows scored from the "both" model's own outputs -> (anchor_based, anchor_free)
-    "both: AB outputs": (True, False),
-    "both: AF outputs": (False, True),
+BRANCHES = {  # rows scored from the "both" model's own outputs -> (file suffix, anchor_based, anchor_free)
+    "both: AB outputs": ("AB_outputs", True, False),
+    "both: AF outputs": ("AF_outputs", False, True),
 }
 
 
@@ -188,9 +188,9 @@ def branch_predictions(out_dir: Path) -> dict[str, Path]:
 
     task, model, _ = load_trained(out_dir / "checkpoint_best.pt", with_data=True)
     out = {}
-    for name, (anchor_based, anchor_free) in BRANCHES.items():
+    for name, (suffix, anchor_based, anchor_free) in BRANCHES.items():
         model.anchor_based, model.anchor_free = anchor_based, anchor_free
-        path = out_dir / f"predictions_{name.split(': ')[1].replace(' ', '_')}.json"
+        path = out_dir / f"predictions_{suffix}.json"
         task.write_predictions(task.predict(model, task.val_split, torch.device("cpu")), path)
         out[name] = path
     return out
@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="synthetic detection set folder (made if it has no features.h5)")
     parser.add_argument("--videos", type=int, default=160, help="videos of the set when it is made (default 160)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the set when it is made (default 0)")
-    parser.add_argument("--thumos-scales", action="store_true", help="when the set is made: videos of 160-256 "
-                        "steps, instances of >= 6 steps (THUMOS14-like scales; default: 96-192 and >= 1)")
+    parser.add_argument("--thumos-scales", action="store_true", help="when the set is made: THUMOS14-like "
+                        "instance lengths (tal.datasets.synthetic.THUMOS14_SCALES: videos of 160-256 steps, "
+                        "instances of >= 6; default 96-192 and >= 1)")
     parser.add_argument("--work-dir", required=True, help="one training folder per variant goes here")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="more config overrides for every variant (e.g. train.epochs=10)")
@@ -253,14 +254,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tal.datasets.synthetic import make_detection_set
+    from tal.datasets.synthetic import THUMOS14_SCALES, make_detection_set
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     logging.getLogger("tal.train").setLevel(logging.WARNING)
     data = Path(args.data)
     if not (data / "features.h5").is_file():
-        scales = {"num_steps": (160, 256), "min_instance_steps": 6} if args.thumos_scales else {}
+        scales = THUMOS14_SCALES if args.thumos_scales else {}
         make_detection_set(data, num_videos=args.videos, seed=args.seed, **scales)
     rows = run(args.config, data, Path(args.work_dir), args.overrides, [int(s) for s in args.seeds.split(",")])
     means = summary(rows)
