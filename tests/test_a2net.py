@@ -10,7 +10,7 @@ from tal.models.anchors import decode_segments
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
-from detection_toys import fit, toy_batch
+from detection_toys import fit, predict_alone_and_padded, toy_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -68,14 +68,7 @@ def test_output_shapes_and_valid_masks(num_steps):
 
 
 def test_predictions_do_not_depend_on_padding_or_batch_mates():
-    model = tiny_model().eval()
-    torch.manual_seed(1)
-    short, long = torch.randn(1, 50, 8), torch.randn(1, 90, 8)
-    alone = model.predict({"features": short, "mask": torch.ones(1, 50, dtype=torch.bool)})[0]
-    features = torch.cat([torch.cat([short, 100 * torch.randn(1, 40, 8)], dim=1), long])  # junk after step 50
-    mask = torch.ones(2, 90, dtype=torch.bool)
-    mask[0, 50:] = False
-    batched = model.predict({"features": features, "mask": mask})[0]
+    alone, batched = predict_alone_and_padded(tiny_model().eval())
     for a, b in zip(alone, batched):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert len(alone[0]) > 0 and float(alone[0].max()) <= 50.0 and float(alone[0].min()) >= 0.0

@@ -17,7 +17,7 @@ from tal.models.s3d import S3D, build_s3d
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
-from detection_toys import fit, toy_batch
+from detection_toys import fit, predict_alone_and_padded, toy_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -161,14 +161,7 @@ def test_loss_weights_and_videos_without_ground_truth():
 
 
 def test_predictions_do_not_depend_on_padding_or_batch_mates():
-    model = tiny_model().eval()
-    torch.manual_seed(1)
-    short, long = torch.randn(1, 50, 8), torch.randn(1, 90, 8)
-    alone = model.predict({"features": short, "mask": full_mask(1, 50)})[0]
-    features = torch.cat([torch.cat([short, 100 * torch.randn(1, 40, 8)], dim=1), long])  # junk after step 50
-    mask = full_mask(2, 90)
-    mask[0, 50:] = False
-    batched = model.predict({"features": features, "mask": mask})[0]
+    alone, batched = predict_alone_and_padded(tiny_model().eval())
     assert len(alone[0]) > 0 and float(alone[0].max()) <= 50.0
     for a, b in zip(alone, batched):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
