@@ -1,4 +1,5 @@
-"""The toy detection video, the short fit and the padding check shared by the detection heads' tests (A2Net, TCN, S3D)."""
+"""The toy detection video, the short fit and the padding check shared by the detection heads' tests
+(A2Net, TCN, S3D)."""
 from __future__ import annotations
 
 import torch
