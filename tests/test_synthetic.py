@@ -12,8 +12,8 @@ import pytest
 from tal.datasets.activitynet import read_activitynet_json
 from tal.datasets.grounding import read_grounding_jsonl
 from tal.datasets.synthetic import (
-    CLASS_NAMES, CLASS_SIGNAL, EVENT_PHRASINGS, EVENT_SIGNAL, THUMOS14_SCALES, WEAK_COPY, main, make_detection_set,
-    make_grounding_set, step_spans_to_seconds,
+    BOUNDARY_SIGNAL, CLASS_NAMES, CLASS_SIGNAL, EVENT_PHRASINGS, EVENT_SIGNAL, THUMOS14_SCALES, WEAK_COPY, main,
+    make_detection_features, make_detection_set, make_grounding_set, step_spans_to_seconds,
 )
 from tal.errors import TalInputError
 from tal.features.cache import feature_times, open_feature_cache
@@ -134,6 +134,75 @@ def test_labels_are_readable_and_balanced(tmp_path):
     assert set(labels) == set(CLASS_NAMES[:6]) == set(ds.classes)
     counts = np.unique(labels, return_counts=True)[1]
     assert counts.max() - counts.min() <= 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Along a real annotation file
+
+def write_json(path: Path, database: dict) -> Path:
+    path.write_text(json.dumps({"version": "test", "database": database}))
+    return path
+
+
+def test_features_along_a_file_by_hand(tmp_path):
+    # fps 10, stride 2, window 4: T = floor((duration * 10 - 4) / 2) + 1, centre of step i = (2i + 2) / 10 s
+    source = write_json(tmp_path / "ann.json", {
+        "a": {"subset": "Validation", "duration": 3.0, "annotations": [
+            {"segment": [0.35, 0.85], "label": "run"},  # centres 0.4, 0.6, 0.8: steps 1-3
+            {"segment": [0.7, 1.2], "label": "jump"},  # overlaps it: steps 3-5
+            {"segment": [2.02, 2.08], "label": "run"}]},  # no centre inside: the step nearest 2.05 s, 9
+        "b": {"subset": "Test", "duration": 1.0, "annotations": []}})
+    ds = make_detection_features(source, tmp_path / "out", fps=10.0, stride=2, window=4, feature_dim=8, noise=0.0,
+                                 distractors=False)
+    assert ds.classes == ["jump", "run"]
+    truth = read_activitynet_json(ds.annotations)
+    assert {v: (a.subset, a.duration, len(a.labels)) for v, a in truth.videos.items()} == {
+        "a": ("Validation", 3.0, 3), "b": ("Test", 1.0, 0)}
+    with open_feature_cache(ds.features) as cache:
+        a, b = cache.features("a"), cache.features("b")
+        assert (cache.meta("a").fps, cache.meta("a").stride, cache.meta("a").window) == (10.0, 2, 4)
+    assert a.shape == (14, 8) and b.shape == (4, 8)
+    assert not b.any()
+    norms = np.linalg.norm(a, axis=1)
+    assert np.flatnonzero(norms > 0).tolist() == [1, 2, 3, 4, 5, 9]
+    # steps 2 and 4 carry only their class signature (run, jump): orthogonal, at 2.5 x [0.75, 1.25]
+    assert abs(unit(a[2]) @ unit(a[4])) < 1e-6
+    assert all(CLASS_SIGNAL * 0.75 <= norms[i] <= CLASS_SIGNAL * 1.25 for i in (2, 4))
+    # step 3 carries both classes, the first's end and the second's start
+    assert norms[3] == norms.max()
+    # the one-step instance carries its class and both boundary signatures
+    low, high = (CLASS_SIGNAL * 0.75) ** 2, (CLASS_SIGNAL * 1.25) ** 2
+    assert low + 2 * BOUNDARY_SIGNAL ** 2 <= norms[9] ** 2 <= high + 2 * BOUNDARY_SIGNAL ** 2
+    assert abs(unit(a[9]) @ unit(a[2])) > 0.3  # same class as steps 1-3
+
+
+def test_features_along_thumos14_cover_every_instance(tmp_path, shared_data):
+    thumos14 = shared_data / "thumos14" / "thumos14_actionformer.json"
+    ds = make_detection_features(thumos14, tmp_path, feature_dim=24, noise=0.0, distractors=False)
+    truth = read_activitynet_json(ds.annotations)
+    source = read_activitynet_json(thumos14)
+    assert len(truth.videos) == len(source.videos) == 412 and len(ds.classes) == 20
+    assert sorted(truth.subsets()) == ["Test", "Validation"]
+    with open_feature_cache(ds.features) as cache:
+        for vid in ("video_validation_0000051", "video_test_0000004"):
+            meta, feats = cache.meta(vid), cache.features(vid)
+            assert meta.num_features == int((source.videos[vid].duration * 30 - 16) // 4) + 1
+            covered = np.linalg.norm(feats, axis=1) > 0
+            for segment in source.videos[vid].segments:
+                assert covered[inside(meta, segment)].all()
+            assert covered.sum() >= len(source.videos[vid].labels)
+
+
+def test_features_along_a_file_reject_bad_input(tmp_path):
+    source = write_json(tmp_path / "ann.json", {"a": {"subset": "x", "annotations": []}})
+    with pytest.raises(TalInputError, match=r"video 'a' has duration None"):
+        make_detection_features(source, tmp_path / "out")
+    with pytest.raises(TalInputError, match="stride=0"):
+        make_detection_features(source, tmp_path / "out", stride=0)
+    assert main(["detection", str(tmp_path / "cli"), "--along", str(source)]) == 2
+    with pytest.raises(SystemExit):
+        main(["detection", str(tmp_path / "cli"), "--along", str(source), "--videos", "8"])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cli").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 `make_detection_set` writes an ActivityNet-JSON detection set and `make_grounding_set` a grounding
 (moment retrieval) set in the contract JSONL; both write `features.h5` in the cache layout of
-`tal.features.cache`. Training, tests, benchmarks and the demo use them: they take seconds to make,
+`tal.features.cache`. `make_detection_features` writes the detection signal along the videos and
+instances of a real annotation file (e.g. THUMOS14's), for a benchmark's layout without its features. Training, tests, benchmarks and the demo use them: they take seconds to make,
 a small model learns them, and the signal is known (the docstrings below say exactly what it is).
 
 Time. An instance covering feature steps [first, stop) gets the segment whose seconds are the cells of
@@ -200,6 +201,59 @@ def _split_sizes(num_videos: int, fraction: float, extra: bool) -> tuple[int, in
 # Detection
 
 
+@dataclass(frozen=True)
+class _Signatures:
+    """The orthonormal directions of a detection set: per class, start, end, and the distractors' own."""
+
+    classes: np.ndarray  # [C, D]
+    start: np.ndarray  # [D]
+    end: np.ndarray  # [D]
+    foreign: np.ndarray  # [NUM_FOREIGN, D]
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator, feature_dim: int, num_classes: int) -> "_Signatures":
+        directions = _directions(rng, feature_dim, num_classes + 2 + NUM_FOREIGN,
+                                 f"{num_classes} classes, start, end and {NUM_FOREIGN} distractor signatures")
+        return cls(directions[:num_classes], directions[num_classes], directions[num_classes + 1],
+                   directions[num_classes + 2:])
+
+
+def _merge_spans(spans: np.ndarray) -> np.ndarray:
+    """int [K', 2]: the union of (first, stop) spans [K, 2] as sorted, disjoint spans."""
+    merged: list[list[int]] = []
+    for a, b in sorted(map(tuple, np.asarray(spans).reshape(-1, 2).tolist())):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return np.asarray(merged, dtype=np.int64).reshape(-1, 2)
+
+
+def _video_features(rng: np.random.Generator, distractor_rng: np.random.Generator | None, num_steps: int,
+                    spans: np.ndarray, labels: Sequence[int], sig: _Signatures, noise: float) -> np.ndarray:
+    """float64 [T, D]: noise, each instance's class signature with its boundary signatures, and (with a
+    `distractor_rng`) distractors in the background gaps (make_detection_set's docstring)."""
+    features = noise * rng.standard_normal((num_steps, sig.classes.shape[1]))  # [T, D]
+    for (a, b), label in zip(spans, labels):
+        features[a:b] += CLASS_SIGNAL * rng.uniform(*AMPLITUDE_JITTER) * sig.classes[label]
+        edge = math.ceil(BOUNDARY_FRACTION * (b - a))
+        features[a:a + edge] += BOUNDARY_SIGNAL * sig.start
+        features[b - edge:b] += BOUNDARY_SIGNAL * sig.end
+    if distractor_rng is None:
+        return features
+    for g0, g1 in _background_gaps(_merge_spans(spans), num_steps):
+        if g1 - g0 < 4 or distractor_rng.random() >= DISTRACTOR_PROB:
+            continue
+        length = int(distractor_rng.integers(2, max(2, min(g1 - g0 - 2, num_steps // 4)) + 1))
+        d0 = int(distractor_rng.integers(g0 + 1, g1 - 1 - length + 1))
+        if distractor_rng.random() < 0.5:
+            signal = CLASS_SIGNAL * sig.foreign[distractor_rng.integers(NUM_FOREIGN)]
+        else:
+            signal = WEAK_COPY * CLASS_SIGNAL * sig.classes[distractor_rng.integers(len(sig.classes))]
+        features[d0:d0 + length] += signal
+    return features
+
+
 def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: int = 4, feature_dim: int = 64,
                        num_steps: tuple[int, int] = (96, 192), fps: float = 30.0, stride: int = 8, window: int = 16,
                        val_fraction: float = 0.25, seed: int = 0, noise: float = 1.0,
@@ -247,11 +301,7 @@ def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: i
         raise TalInputError(f"num_classes={num_classes!r}: need 1 to {len(CLASS_NAMES)} "
                             f"({', '.join(CLASS_NAMES)})")
     rng = np.random.default_rng(seed)
-    directions = _directions(rng, feature_dim, num_classes + 2 + NUM_FOREIGN,
-                             f"{num_classes} classes, start, end and {NUM_FOREIGN} distractor signatures")
-    class_dirs = directions[:num_classes]  # [C, D]
-    start_dir, end_dir = directions[num_classes], directions[num_classes + 1]  # [D] each
-    foreign_dirs = directions[num_classes + 2:]  # [NUM_FOREIGN, D]
+    signatures = _Signatures.draw(rng, feature_dim, num_classes)
     distractor_rng = np.random.default_rng(int(rng.integers(2**63)))  # drawn either way: distractors add only
 
     steps = rng.integers(low, high + 1, size=num_videos)  # [V]
@@ -274,23 +324,7 @@ def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: i
     items, videos = [], {}
     for v, (spans, labels) in enumerate(zip(layouts, label_slices)):
         t = int(steps[v])
-        features = noise * rng.standard_normal((t, feature_dim))  # [T, D]
-        for (a, b), label in zip(spans, labels):
-            features[a:b] += CLASS_SIGNAL * rng.uniform(*AMPLITUDE_JITTER) * class_dirs[label]
-            edge = math.ceil(BOUNDARY_FRACTION * (b - a))
-            features[a:a + edge] += BOUNDARY_SIGNAL * start_dir
-            features[b - edge:b] += BOUNDARY_SIGNAL * end_dir
-        if distractors:
-            for g0, g1 in _background_gaps(spans, t):
-                if g1 - g0 < 4 or distractor_rng.random() >= DISTRACTOR_PROB:
-                    continue
-                length = int(distractor_rng.integers(2, max(2, min(g1 - g0 - 2, t // 4)) + 1))
-                d0 = int(distractor_rng.integers(g0 + 1, g1 - 1 - length + 1))
-                if distractor_rng.random() < 0.5:
-                    signal = CLASS_SIGNAL * foreign_dirs[distractor_rng.integers(NUM_FOREIGN)]
-                else:
-                    signal = WEAK_COPY * CLASS_SIGNAL * class_dirs[distractor_rng.integers(num_classes)]
-                features[d0:d0 + length] += signal
+        features = _video_features(rng, distractor_rng if distractors else None, t, spans, labels, signatures, noise)
         vid = f"video_{v:04d}"
         duration_s = t * stride / fps
         items.append((vid, features.astype(np.float32),
@@ -307,6 +341,64 @@ def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: i
     write_activitynet_json(DetectionAnnotations(videos, classes), out / "annotations.json",
                            version=f"tal synthetic detection seed={seed}")
     return DetectionSet(out / "features.h5", out / "annotations.json", classes)
+
+
+def make_detection_features(annotations: str | Path, out_dir: str | Path, fps: float = 30.0, stride: int = 4,
+                            window: int = 16, feature_dim: int = 64, seed: int = 0, noise: float = 1.0,
+                            distractors: bool = True) -> DetectionSet:
+    """Synthetic features along a real annotation file: `out_dir/features.h5` + a copy as annotations.json.
+
+    Every video of the ActivityNet-format file `annotations` gets T = floor((duration * fps - window) /
+    stride) + 1 feature steps (the cache's time convention, tal.features.cache) carrying
+    make_detection_set's signal over its real instances: an instance covers the steps whose centre lies
+    in it (at least the step nearest its middle), overlapping instances add up. So the real layout of a
+    benchmark (instance lengths and counts, classes, subsets, video lengths) can be trained and scored
+    with its config end to end without its features. Classes follow the file's class list; videos
+    without a duration are an error naming the video.
+    """
+    from tal.datasets.activitynet import read_activitynet_json
+
+    for name, value, ok in (("feature_dim", feature_dim, _is_int(feature_dim) and feature_dim >= 1),
+                            ("fps", fps, _is_real(fps) and fps > 0),
+                            ("stride", stride, _is_int(stride) and stride >= 1),
+                            ("window", window, _is_int(window) and window >= 1),
+                            ("seed", seed, _is_int(seed) and seed >= 0),
+                            ("noise", noise, _is_real(noise) and noise >= 0)):
+        if not ok:
+            raise TalInputError(f"{name}={value!r}: need a positive {'number' if name in ('fps', 'noise') else 'integer'}"
+                                + (" (or 0)" if name in ("seed", "noise") else ""))
+    truth = read_activitynet_json(annotations)
+    rng = np.random.default_rng(seed)
+    signatures = _Signatures.draw(rng, feature_dim, len(truth.classes))
+    distractor_rng = np.random.default_rng(int(rng.integers(2**63)))
+    label_index = {name: i for i, name in enumerate(truth.classes)}
+    items = []
+    for vid, video in truth.videos.items():
+        if video.duration is None or not video.duration * fps >= window:
+            raise TalInputError(f"{annotations}: video {vid!r} has duration {video.duration!r}: need one of at least "
+                                f"window / fps = {window / fps:g} s to place its features")
+        t = int((video.duration * fps - window) // stride) + 1
+        centres = (np.arange(t) * stride + window / 2) / fps  # [T] seconds
+        seconds = np.asarray(video.segments, dtype=np.float64).reshape(-1, 2)  # [K, 2]
+        first = np.searchsorted(centres, seconds[:, 0], side="left")  # [K]
+        stop = np.searchsorted(centres, seconds[:, 1], side="right")  # [K]
+        nearest = np.clip(np.round((seconds.mean(axis=1) * fps - window / 2) / stride), 0, t - 1).astype(np.int64)
+        empty = stop <= first
+        first, stop = np.where(empty, nearest, first), np.where(empty, nearest + 1, stop)
+        spans = np.stack([first, stop], axis=1)  # [K, 2]
+        features = _video_features(rng, distractor_rng if distractors else None, t, spans,
+                                   [label_index[label] for label in video.labels], signatures, noise)
+        items.append((vid, features.astype(np.float32), {"fps": float(fps), "stride": int(stride),
+                                                         "window": int(window), "duration": float(video.duration)}))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    attrs = {"backbone": "synthetic-detection", "generator": "tal.datasets.synthetic.make_detection_features",
+             "annotations": str(annotations), "seed": int(seed), "noise": float(noise),
+             "distractors": int(bool(distractors)), "fps": float(fps), "stride": int(stride), "window": int(window),
+             "created": NO_TIMESTAMP}
+    write_feature_cache(out / "features.h5", items, attrs)
+    write_activitynet_json(truth, out / "annotations.json", version=f"tal synthetic features along {annotations}")
+    return DetectionSet(out / "features.h5", out / "annotations.json", list(truth.classes))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="detection: shortest instance in feature steps (default 1; 6 with --steps 160 256 "
                              "gives THUMOS14-like scales)")
     parser.add_argument("--val", action="store_true", help="grounding: also write val.jsonl")
+    along = parser.add_argument_group("detection features along a real annotation file (make_detection_features)")
+    along.add_argument("--along", metavar="ANNOTATIONS.json",
+                       help="synthesize features for the videos and instances of this ActivityNet-format file "
+                            "instead of a random layout (e.g. ../shared/data/thumos14/thumos14_actionformer.json)")
+    along.add_argument("--fps", type=float, default=30.0, help="with --along: frames per second (default 30)")
+    along.add_argument("--stride", type=int, default=4, help="with --along: frames between features (default 4)")
+    along.add_argument("--window", type=int, default=16, help="with --along: frames per feature (default 16)")
     return parser
 
 
@@ -421,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--val applies to grounding sets only (detection sets hold a 'validation' subset already)")
     if args.min_instance_steps is not None and args.task != "detection":
         parser.error("--min-instance-steps applies to detection sets only")
+    if args.along is not None and (args.task != "detection" or args.videos is not None or args.steps is not None
+                                   or args.min_instance_steps is not None):
+        parser.error("--along applies to detection sets and takes the videos and instances from the file "
+                     "(no --videos, --steps or --min-instance-steps)")
     common = {"feature_dim": args.feature_dim, "seed": args.seed, "noise": args.noise}
     if args.videos is not None:
         common["num_videos"] = args.videos
@@ -428,8 +531,12 @@ def main(argv: list[str] | None = None) -> int:
         common["num_steps"] = tuple(args.steps)
     try:
         if args.task == "detection":
-            extra = {} if args.min_instance_steps is None else {"min_instance_steps": args.min_instance_steps}
-            det = make_detection_set(args.out_dir, **common, **extra)
+            if args.along is not None:
+                det = make_detection_features(args.along, args.out_dir, fps=args.fps, stride=args.stride,
+                                              window=args.window, **common)
+            else:
+                extra = {} if args.min_instance_steps is None else {"min_instance_steps": args.min_instance_steps}
+                det = make_detection_set(args.out_dir, **common, **extra)
             result = {"features": str(det.features), "annotations": str(det.annotations), "classes": det.classes}
         else:
             gro = make_grounding_set(args.out_dir, val=args.val, **common)

@@ -1,4 +1,4 @@
-"""A2Net complementarity ablation: both modules, anchor-based only, anchor-free only, on one synthetic set.
+"""A2Net complementarity ablation: both modules, anchor-based only, anchor-free only, on one detection set.
 
 A2Net's claim is that its anchor-free module finds the instances anchors fit badly (very short and very
 long ones) and that both together beat either alone. This trains configs/synthetic/a2net.yaml three
@@ -21,8 +21,11 @@ anchor-free outputs alone ("both: AB outputs", "both: AF outputs"). Against the 
 show what training the modules together does to each; against "both" what merging their detections does.
 `--seeds 0,1,2` repeats the three trainings per seed (model initialisation and batch order; the data
 stay the same) and reports the mean and range: one seed's differences can be noise.
-The set is made with `python -m tal.datasets.synthetic detection DIR --videos N --seed S` unless DIR
-already holds one (`--thumos-scales`: THUMOS14-like instance lengths, see tal.datasets.synthetic).
+`--data DIR` holds the set: DIR/features.h5 and DIR/annotations.json (ActivityNet JSON), so real
+features work too, e.g. THUMOS14 I3D features imported with `tal import-features` and
+`--config configs/thumos14/a2net.yaml --device cuda`. When DIR has no features.h5, a synthetic set is made
+there as `python -m tal.datasets.synthetic detection DIR --videos N --seed S` would
+(`--thumos-scales`: THUMOS14-like instance lengths, see tal.datasets.synthetic).
 Prints a table; `--json` also writes it.
 
     flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/a2net_ablation.py --data /tmp/syn160 --videos 160 \\
@@ -150,7 +153,8 @@ def score_parts(truth: DetectionAnnotations, predictions_path: Path, tiou: np.nd
     return out
 
 
-def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[int]) -> list[dict]:
+def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[int],
+        device: str = "cpu") -> list[dict]:
     """One row per (variant, training seed), plus the two BRANCHES rows from each "both" model."""
     from tal.config import load_config
     from tal.engine.trainer import train
@@ -164,13 +168,13 @@ def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[i
                                        *overrides, *extra])
             out_dir = work_dir / f"{name}_seed{seed}"
             start = time.perf_counter()
-            train(cfg, out_dir, progress=False)
+            train(cfg, out_dir, device=device, progress=False)
             seconds = time.perf_counter() - start
             truth = load_subset(data / "annotations.json", cfg["dataset"]["val_subset"])
             tiou = parse_tiou(cfg.get("eval", {}).get("tiou"))
             found = [(name, seconds, out_dir / "predictions.json")]
             if name == "both":
-                found += [(branch, 0.0, path) for branch, path in branch_predictions(out_dir).items()]
+                found += [(branch, 0.0, path) for branch, path in branch_predictions(out_dir, device).items()]
             for variant, train_s, path in found:
                 row = {"variant": variant, "seed": seed, "train_s": round(train_s, 1), **score_parts(truth, path, tiou)}
                 rows.append(row)
@@ -178,7 +182,7 @@ def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[i
     return rows
 
 
-def branch_predictions(out_dir: Path) -> dict[str, Path]:
+def branch_predictions(out_dir: Path, device: str = "cpu") -> dict[str, Path]:
     """Predictions of the jointly trained model's best checkpoint with only its anchor-based, then only
     its anchor-free outputs (no retraining): BRANCHES name -> predictions file in `out_dir`. Separates
     what training both modules together does to each from what merging their detections does."""
@@ -186,12 +190,12 @@ def branch_predictions(out_dir: Path) -> dict[str, Path]:
 
     from tal.engine.trainer import load_trained
 
-    task, model, _ = load_trained(out_dir / "checkpoint_best.pt", with_data=True)
+    task, model, _ = load_trained(out_dir / "checkpoint_best.pt", device, with_data=True)
     out = {}
     for name, (suffix, anchor_based, anchor_free) in BRANCHES.items():
         model.anchor_based, model.anchor_free = anchor_based, anchor_free
         path = out_dir / f"predictions_{suffix}.json"
-        task.write_predictions(task.predict(model, task.val_split, torch.device("cpu")), path)
+        task.write_predictions(task.predict(model, task.val_split, torch.device(device)), path)
         out[name] = path
     return out
 
@@ -237,7 +241,8 @@ def table(means: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "configs/synthetic/a2net.yaml"))
-    parser.add_argument("--data", required=True, help="synthetic detection set folder (made if it has no features.h5)")
+    parser.add_argument("--data", required=True, help="folder with features.h5 and annotations.json (a synthetic "
+                        "detection set is made there when it has no features.h5)")
     parser.add_argument("--videos", type=int, default=160, help="videos of the set when it is made (default 160)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the set when it is made (default 0)")
     parser.add_argument("--thumos-scales", action="store_true", help="when the set is made: THUMOS14-like "
@@ -249,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="training seeds, comma-separated (default 0); the table "
                         "shows the mean and the range over them")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--device", default="cpu", help="torch device for training and prediction (default cpu)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
 
@@ -263,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (data / "features.h5").is_file():
         scales = THUMOS14_SCALES if args.thumos_scales else {}
         make_detection_set(data, num_videos=args.videos, seed=args.seed, **scales)
-    rows = run(args.config, data, Path(args.work_dir), args.overrides, [int(s) for s in args.seeds.split(",")])
+    rows = run(args.config, data, Path(args.work_dir), args.overrides, [int(s) for s in args.seeds.split(",")],
+               args.device)
     means = summary(rows)
     print(table(means))
     if args.json:
