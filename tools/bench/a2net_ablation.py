@@ -234,7 +234,8 @@ def table(means: list[dict]) -> str:
     for r in means:
         lines.append(f"{r['variant']:<17} {cell(r, 'mAP@0.5_all'):>{width}} {cell(r, 'mAP@0.5_short'):>{width}} "
                      f"{cell(r, 'mAP@0.5_long'):>{width}} {cell(r, 'mAP@0.5_ES'):>{width}} "
-                     f"{cell(r, 'mAP@0.5_EL'):>{width}} {r['average_mAP']:>8.3f} {r['train_s']:>8.1f}")
+                     f"{cell(r, 'mAP@0.5_EL'):>{width}} {r['average_mAP']:>8.3f} "
+                     + (f"{r['train_s']:>8.1f}" if r["variant"] in VARIANTS else f"{'-':>8}"))  # branches: no training
     return "\n".join(lines)
 
 
