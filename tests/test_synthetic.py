@@ -202,7 +202,19 @@ def test_features_along_a_file_reject_bad_input(tmp_path):
     assert main(["detection", str(tmp_path / "cli"), "--along", str(source)]) == 2
     with pytest.raises(SystemExit):
         main(["detection", str(tmp_path / "cli"), "--along", str(source), "--videos", "8"])
+    with pytest.raises(SystemExit):
+        main(["detection", str(tmp_path / "cli"), "--stride", "2"])  # only with --along
     assert not (tmp_path / "out").exists() and not (tmp_path / "cli").exists()
+
+
+def test_cli_writes_features_along_a_file(tmp_path, capsys):
+    source = write_json(tmp_path / "ann.json", {"a": {"subset": "x", "duration": 3.0, "annotations": [
+        {"segment": [0.35, 0.85], "label": "run"}]}})
+    assert main(["detection", str(tmp_path / "cli"), "--along", str(source), "--fps", "10", "--stride", "2",
+                 "--window", "4", "--feature-dim", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == ["run"]
+    same = make_detection_features(source, tmp_path / "api", fps=10.0, stride=2, window=4, feature_dim=8)
+    assert (tmp_path / "cli" / "features.h5").read_bytes() == same.features.read_bytes()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 `make_detection_set` writes an ActivityNet-JSON detection set and `make_grounding_set` a grounding
 (moment retrieval) set in the contract JSONL; both write `features.h5` in the cache layout of
 `tal.features.cache`. `make_detection_features` writes the detection signal along the videos and
-instances of a real annotation file (e.g. THUMOS14's), for a benchmark's layout without its features. Training, tests, benchmarks and the demo use them: they take seconds to make,
-a small model learns them, and the signal is known (the docstrings below say exactly what it is).
+instances of a real annotation file (e.g. THUMOS14's), for a benchmark's layout without its features.
+Training, tests, benchmarks and the demo use them: they take seconds to make, a small model learns
+them, and the signal is known (the docstrings below say exactly what it is).
 
 Time. An instance covering feature steps [first, stop) gets the segment whose seconds are the cells of
 those steps: feature i is centred at (i*stride + window/2) / fps (DESIGN.md), its cell is that centre
@@ -31,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tal.datasets.activitynet import write_activitynet_json
+from tal.datasets.activitynet import read_activitynet_json, write_activitynet_json
 from tal.datasets.grounding import write_grounding_jsonl
 from tal.datasets.types import DetectionAnnotations, GroundingQuery, VideoAnnotation
 from tal.errors import TalInputError
@@ -108,30 +109,35 @@ def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_common(num_videos: int, feature_dim: int, num_steps: Sequence[int], fps: float, stride: int,
-                  window: int, seed: int, noise: float, fraction: float, fraction_name: str) -> tuple[int, int]:
-    """Checks shared by both makers; returns the (min, max) feature steps per video."""
-    if not _is_int(num_videos) or num_videos < 4:
-        raise TalInputError(f"num_videos={num_videos!r}: need an integer >= 4 (a training and a held-out split)")
+def _check_features(feature_dim: int, fps: float, stride: int, window: int, seed: int, noise: float) -> None:
+    """Checks of the feature, time and noise settings, shared by every maker."""
     if not _is_int(feature_dim) or feature_dim < 1:
         raise TalInputError(f"feature_dim={feature_dim!r}: need a positive integer")
-    pair = not isinstance(num_steps, (str, bytes)) and np.ndim(num_steps) == 1 and len(num_steps) == 2 \
-        and all(_is_real(v) for v in num_steps)
-    if not pair or any(v != int(v) for v in num_steps) or not MIN_NUM_STEPS <= num_steps[0] <= num_steps[1]:
-        raise TalInputError(f"num_steps={num_steps!r}: need a pair of whole numbers {MIN_NUM_STEPS} <= min <= max "
-                            f"(feature steps per video)")
     if not _is_real(fps) or fps <= 0:
         raise TalInputError(f"fps={fps!r}: need a positive number of frames per second")
     for name, value in (("stride", stride), ("window", window)):
         if not _is_int(value) or value < 1:
             raise TalInputError(f"{name}={value!r}: need a positive whole number of frames")
-    if window > 2 * stride:
-        raise TalInputError(f"window={window} > 2 * stride={2 * stride}: the last features' centres would lie after "
-                            f"the duration T * stride / fps; use window <= 2 * stride")
     if not _is_int(seed) or seed < 0:
         raise TalInputError(f"seed={seed!r}: need a non-negative integer")
     if not _is_real(noise) or noise < 0:
         raise TalInputError(f"noise={noise!r}: need a finite standard deviation >= 0")
+
+
+def _check_common(num_videos: int, feature_dim: int, num_steps: Sequence[int], fps: float, stride: int,
+                  window: int, seed: int, noise: float, fraction: float, fraction_name: str) -> tuple[int, int]:
+    """Checks shared by the makers that lay out their own videos; returns the (min, max) feature steps per video."""
+    if not _is_int(num_videos) or num_videos < 4:
+        raise TalInputError(f"num_videos={num_videos!r}: need an integer >= 4 (a training and a held-out split)")
+    pair = not isinstance(num_steps, (str, bytes)) and np.ndim(num_steps) == 1 and len(num_steps) == 2 \
+        and all(_is_real(v) for v in num_steps)
+    if not pair or any(v != int(v) for v in num_steps) or not MIN_NUM_STEPS <= num_steps[0] <= num_steps[1]:
+        raise TalInputError(f"num_steps={num_steps!r}: need a pair of whole numbers {MIN_NUM_STEPS} <= min <= max "
+                            f"(feature steps per video)")
+    _check_features(feature_dim, fps, stride, window, seed, noise)
+    if window > 2 * stride:
+        raise TalInputError(f"window={window} > 2 * stride={2 * stride}: the last features' centres would lie after "
+                            f"the duration T * stride / fps; use window <= 2 * stride")
     if not _is_real(fraction) or not 0 < fraction < 1:
         raise TalInputError(f"{fraction_name}={fraction!r}: need a fraction strictly between 0 and 1")
     return int(num_steps[0]), int(num_steps[1])
@@ -282,8 +288,8 @@ def make_detection_set(out_dir: str | Path, num_videos: int = 48, num_classes: i
     validation videos (the 1-3 step instances are the hard part).
     Layout: 1-5 instances per video of random classes, non-overlapping with >= 1 step between them.
     Lengths run from `min_instance_steps` (default 1) to 0.8 T, log-uniform: the first instance of
-    each video has its log-length stratified over the set (the videos take the quantiles [k/N, (k+1)/N), k < N, in
-    random order), so with N >= 20 videos of T >= 40 steps a 1-step instance and one of >= T/2
+    each video has its log-length stratified over the set (the videos take the quantiles
+    [k/N, (k+1)/N), k < N, in random order), so with N >= 20 videos of T >= 40 steps a 1-step instance and one of >= T/2
     steps are always there; the others are log-uniform up to what still fits (an instance can be
     shorter than `min_instance_steps` only where nothing longer fits). Needs
     feature_dim >= num_classes + 4.
@@ -356,17 +362,7 @@ def make_detection_features(annotations: str | Path, out_dir: str | Path, fps: f
     with its config end to end without its features. Classes follow the file's class list; videos
     without a duration are an error naming the video.
     """
-    from tal.datasets.activitynet import read_activitynet_json
-
-    for name, value, ok in (("feature_dim", feature_dim, _is_int(feature_dim) and feature_dim >= 1),
-                            ("fps", fps, _is_real(fps) and fps > 0),
-                            ("stride", stride, _is_int(stride) and stride >= 1),
-                            ("window", window, _is_int(window) and window >= 1),
-                            ("seed", seed, _is_int(seed) and seed >= 0),
-                            ("noise", noise, _is_real(noise) and noise >= 0)):
-        if not ok:
-            raise TalInputError(f"{name}={value!r}: need a positive {'number' if name in ('fps', 'noise') else 'integer'}"
-                                + (" (or 0)" if name in ("seed", "noise") else ""))
+    _check_features(feature_dim, fps, stride, window, seed, noise)
     truth = read_activitynet_json(annotations)
     rng = np.random.default_rng(seed)
     signatures = _Signatures.draw(rng, feature_dim, len(truth.classes))
@@ -375,8 +371,8 @@ def make_detection_features(annotations: str | Path, out_dir: str | Path, fps: f
     items = []
     for vid, video in truth.videos.items():
         if video.duration is None or not video.duration * fps >= window:
-            raise TalInputError(f"{annotations}: video {vid!r} has duration {video.duration!r}: need one of at least "
-                                f"window / fps = {window / fps:g} s to place its features")
+            raise TalInputError(f"{annotations}: video {vid!r} has duration {video.duration!r}: need one of at "
+                                f"least window / fps = {window / fps:g} s to place its features")
         t = int((video.duration * fps - window) // stride) + 1
         centres = (np.arange(t) * stride + window / 2) / fps  # [T] seconds
         seconds = np.asarray(video.segments, dtype=np.float64).reshape(-1, 2)  # [K, 2]
@@ -507,9 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     along.add_argument("--along", metavar="ANNOTATIONS.json",
                        help="synthesize features for the videos and instances of this ActivityNet-format file "
                             "instead of a random layout (e.g. ../shared/data/thumos14/thumos14_actionformer.json)")
-    along.add_argument("--fps", type=float, default=30.0, help="with --along: frames per second (default 30)")
-    along.add_argument("--stride", type=int, default=4, help="with --along: frames between features (default 4)")
-    along.add_argument("--window", type=int, default=16, help="with --along: frames per feature (default 16)")
+    along.add_argument("--fps", type=float, help="with --along: frames per second (default 30)")
+    along.add_argument("--stride", type=int, help="with --along: frames between features (default 4)")
+    along.add_argument("--window", type=int, help="with --along: frames per feature (default 16)")
     return parser
 
 
@@ -524,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
                                    or args.min_instance_steps is not None):
         parser.error("--along applies to detection sets and takes the videos and instances from the file "
                      "(no --videos, --steps or --min-instance-steps)")
+    timing = {k: v for k, v in (("fps", args.fps), ("stride", args.stride), ("window", args.window)) if v is not None}
+    if timing and args.along is None:
+        parser.error("--fps, --stride and --window apply with --along only")
     common = {"feature_dim": args.feature_dim, "seed": args.seed, "noise": args.noise}
     if args.videos is not None:
         common["num_videos"] = args.videos
@@ -532,8 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.task == "detection":
             if args.along is not None:
-                det = make_detection_features(args.along, args.out_dir, fps=args.fps, stride=args.stride,
-                                              window=args.window, **common)
+                det = make_detection_features(args.along, args.out_dir, **timing, **common)
             else:
                 extra = {} if args.min_instance_steps is None else {"min_instance_steps": args.min_instance_steps}
                 det = make_detection_set(args.out_dir, **common, **extra)
