@@ -378,7 +378,8 @@ def test_tal_eval_with_a_bad_checkpoint_exits_2_with_one_line(kind, trained, tmp
     assert captured.err.count("\n") == 1 and captured.err.startswith(f"tal eval: error: {bad}: ")
 
 
-# ---------------------------------------------------------------- 5. the plateau schedule in training (by hand: test_optim.py)
+# ---------------------------------------------------------------- 5. the plateau schedule in training
+# (the schedule by hand: test_optim.py)
 def test_trainer_plateau_schedule_follows_the_metric_and_resumes_exactly(data, tmp_path, monkeypatch):
     """Scripted validation metrics 0.5, 0.4, 0.3, 0.6 with patience 0 and factor 0.5: the LR halves after
     epochs 2 and 3 (the record's lr is the one epoch trained with); a run stopped after epoch 2 and

@@ -68,5 +68,6 @@ def test_unknown_optimizer_is_refused():
 def test_unknown_schedule_is_refused_when_the_scheduler_is_built(warmup_epochs):
     """Also with a warm-up: a typo must not train the warm-up epochs first and fail after them."""
     optimizer = build_optimizer(torch.nn.Linear(2, 1), {})
-    with pytest.raises(TalInputError, match=r"train.schedule must be one of constant, cosine, step, plateau, got 'cosnie'"):
+    with pytest.raises(TalInputError,
+                       match=r"train.schedule must be one of constant, cosine, step, plateau, got 'cosnie'"):
         build_scheduler(optimizer, 4, {"schedule": "cosnie", "warmup_epochs": warmup_epochs, "epochs": 2})

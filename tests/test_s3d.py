@@ -17,7 +17,7 @@ from tal.models.s3d import S3D, build_s3d
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
-from detection_toys import fit, predict_alone_and_padded, toy_batch
+from detection_toys import assert_padding_invariant, fit, toy_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -161,10 +161,8 @@ def test_loss_weights_and_videos_without_ground_truth():
 
 
 def test_predictions_do_not_depend_on_padding_or_batch_mates():
-    alone, batched = predict_alone_and_padded(tiny_model().eval())
+    alone = assert_padding_invariant(tiny_model().eval())
     assert len(alone[0]) > 0 and float(alone[0].max()) <= 50.0
-    for a, b in zip(alone, batched):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_loss_goes_down_in_30_steps_and_nms_holds():

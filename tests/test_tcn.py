@@ -26,7 +26,7 @@ from tal.models.tcn import (
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
-from detection_toys import fit, predict_alone_and_padded, toy_batch
+from detection_toys import assert_padding_invariant, fit, toy_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -262,10 +262,8 @@ def test_loss_parts_and_a_video_without_ground_truth():
 
 
 def test_predictions_do_not_depend_on_padding_or_batch_mates():
-    alone, batched = predict_alone_and_padded(tiny_model(drop_background=False).eval())
+    alone = assert_padding_invariant(tiny_model(drop_background=False).eval())
     assert len(alone[0]) > 0
-    for a, b in zip(alone, batched):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert float(alone[0].max()) <= 50.0 and float(alone[0].min()) >= 0.0
 
 
