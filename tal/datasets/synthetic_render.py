@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from tal.datasets.synthetic_actions import (
-    ACTION_CLASSES, FRAME_TOLERANCE, ActionInstance, Grid, frame_span, plan_instances, seeded_rngs,
+    ACTION_CLASSES, FRAME_TOLERANCE, ActionInstance, Array, Grid, frame_span, plan_instances, seeded_rngs,
 )
 from tal.errors import TalInputError
 
@@ -31,8 +31,6 @@ BACKGROUND_SATURATION = 0.08  # well under the 0.25 the handcrafted backbone cal
 NOISE_SIGMA = 1.5 / 255
 NOISE_FRAMES = 16  # noise images drawn once per video; frames pick among them (cheaper than fresh noise)
 CODECS = ("auto", "libx264", "mpeg4")
-
-Array = np.ndarray
 
 
 @dataclass(frozen=True)
