@@ -160,18 +160,18 @@ def run(config: str, data: Path, work_dir: Path, extra: list[str], seeds: list[i
     from tal.engine.trainer import train
     from tal.tasks.detection import parse_tiou
 
+    paths = [f"dataset.features={data / 'features.h5'}", f"dataset.annotations={data / 'annotations.json'}"]
+    shared = load_config(config, [*paths, *extra])  # the variants differ only in model.anchor_based / anchor_free
+    truth = load_subset(data / "annotations.json", shared["dataset"]["val_subset"])
+    tiou = parse_tiou(shared.get("eval", {}).get("tiou"))
     rows = []
     for seed in seeds:
         for name, overrides in VARIANTS.items():
-            cfg = load_config(config, [f"dataset.features={data / 'features.h5'}",
-                                       f"dataset.annotations={data / 'annotations.json'}", f"seed={seed}",
-                                       *overrides, *extra])
+            cfg = load_config(config, [*paths, f"seed={seed}", *overrides, *extra])
             out_dir = work_dir / f"{name}_seed{seed}"
             start = time.perf_counter()
             train(cfg, out_dir, device=device, progress=False)
             seconds = time.perf_counter() - start
-            truth = load_subset(data / "annotations.json", cfg["dataset"]["val_subset"])
-            tiou = parse_tiou(cfg.get("eval", {}).get("tiou"))
             found = [(name, seconds, out_dir / "predictions.json")]
             if name == "both":
                 found += [(branch, 0.0, path) for branch, path in branch_predictions(out_dir, device).items()]
