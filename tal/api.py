@@ -22,7 +22,8 @@ SETTING_KEYS = ("backbone", "fps", "window", "stride", "feature_dim")
 
 
 def check_feature_settings(trained: dict, cache: FeatureCache, checkpoint: str | Path) -> None:
-    """Refuse a cache whose backbone / timing / dimension differ from what the head was trained on."""
+    """Refuse a cache whose backbone / weights / timing / dimension differ from what the head was trained on."""
+    from tal.features.weights import describe, same_weights
     from tal.tasks.grounding import feature_settings
 
     have = feature_settings(cache) if cache.videos else {**cache.attrs, "feature_dim": cache.feature_dim}
@@ -35,11 +36,14 @@ def check_feature_settings(trained: dict, cache: FeatureCache, checkpoint: str |
             got, (int, float)) else str(want) == str(got)
         if not same:
             differ.append(f"{key} {got!r} (trained with {want!r})")
+    if same_weights(trained, have) is False:
+        differ.append(f"weights {describe(have)} (trained with {describe(trained)})")
     if differ:
         raise TalInputError(f"{cache.path}: features were made with other settings than {checkpoint} was trained "
                             f"on: {'; '.join(differ)}. Extract them again with those settings (tal extract-features "
                             f"--backbone {trained.get('backbone')} --fps {trained.get('fps')} --window "
-                            f"{trained.get('window')} --stride {trained.get('stride')}) or pass the video path")
+                            f"{trained.get('window')} --stride {trained.get('stride')}), or leave this cache out: "
+                            f"video files given without it are extracted with the recorded settings")
 
 
 class _Predictor:
@@ -48,7 +52,7 @@ class _Predictor:
     task_name = ""
 
     def __init__(self, checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
-                 cache: str | Path | None = None):
+                 cache: str | Path | None = None, weights: str | None = None, progress: bool | None = None):
         from tal.engine.trainer import load_trained
         from tal.tasks.base import task_name
 
@@ -59,6 +63,8 @@ class _Predictor:
             raise TalInputError(f"{checkpoint}: a {task_name(state['config'])} checkpoint; "
                                 f"{type(self).__name__} needs a {self.task_name} one")
         self.settings: dict = dict(state["meta"].get("features") or {})
+        self.weights = weights
+        self.progress = progress
         self.features = open_feature_cache(features) if features is not None else None
         if self.features is not None:
             check_feature_settings(self.settings, self.features, checkpoint)
@@ -78,15 +84,18 @@ class _Predictor:
             return self.features.features(vid), self.features.meta(vid)
         path = Path(video)
         if not path.is_file():
+            if self.features is None:
+                raise TalInputError(f"{video}: no such video file")
             known = ", ".join(self.videos()[:3])
-            raise TalInputError(f"unknown video {str(video)!r}: not in the feature cache"
-                                f"{' (e.g. ' + known + ')' if known else ''} and not a video file")
+            raise TalInputError(f"{video}: not a video id of {self.features.path}"
+                                f"{' (e.g. ' + known + ')' if known else ''}, nor a video file")
         cache = self._extract(path)
         vid = _video_key(path)
         return cache.features(vid), cache.meta(vid)
 
     def _extract(self, path: Path) -> FeatureCache:
         from tal.features.extract import ExtractSettings, VideoJob, extract_features
+        from tal.features.weights import inference_weights
 
         if not self.settings.get("backbone") or str(self.settings["backbone"]).startswith("synthetic"):
             raise TalInputError(f"{self.checkpoint} was trained on features with no extractor "
@@ -100,13 +109,12 @@ class _Predictor:
         else:
             out = self._cache_path
         fps = self.settings.get("fps")
-        weights = self.settings.get("weights")
         settings = ExtractSettings(backbone=str(self.settings["backbone"]),
-                                   weights=None if weights in (None, "none", "") else str(weights),
+                                   weights=inference_weights(self.settings, self.weights, self.checkpoint),
                                    fps=None if fps in (None, "native") else float(fps),
                                    window=self.settings.get("window"), stride=self.settings.get("stride"),
                                    workers=0, device=str(self.device))
-        result = extract_features([VideoJob(vid, str(path))], out, settings, progress=False)
+        result = extract_features([VideoJob(vid, str(path))], out, settings, progress=self.progress)
         if result.failures:
             raise TalInputError(f"{path}: feature extraction failed: {result.failures[0]['reason']}")
         if self._extracted is not None:
@@ -118,6 +126,15 @@ class _Predictor:
 
 def _video_key(path: Path) -> str:
     return str(path.resolve())
+
+
+class Moments(list):
+    """A query's ranked moments [{"start", "end", "score"}], plus `warnings`: what the caller should know
+    about the answer (e.g. a sentence of words the text encoder never learned)."""
+
+    def __init__(self, moments: list[dict[str, float]], warnings: list[str] | None = None):
+        super().__init__(moments)
+        self.warnings: list[str] = list(warnings or [])
 
 
 class MomentRetriever(_Predictor):
@@ -132,17 +149,22 @@ class MomentRetriever(_Predictor):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
-                        cache: str | Path | None = None) -> "MomentRetriever":
-        return cls(checkpoint, features, device, cache)
+                        cache: str | Path | None = None, weights: str | None = None,
+                        progress: bool | None = None) -> "MomentRetriever":
+        """See `_Predictor`: weights = the backbone weights file when a video file is given and the recorded
+        one is elsewhere; progress = the extraction bar (None: on when stderr is a terminal)."""
+        return cls(checkpoint, features, device, cache, weights, progress)
 
-    def query(self, video: str | Path, sentence: str, top_k: int = 5) -> list[dict[str, float]]:
-        """Ranked moments [{"start", "end", "score"}] in seconds, best first, for a sentence."""
+    def query(self, video: str | Path, sentence: str, top_k: int = 5) -> Moments:
+        """Ranked moments [{"start", "end", "score"}] in seconds, best first, for a sentence (a list with
+        `.warnings`). A score ranks the moments of one video for one sentence; it is not a probability that
+        the sentence happens there, and scores of different sentences or videos are not comparable."""
         (result,) = self.query_batch([(video, sentence, top_k)])
         if isinstance(result, Exception):
             raise result
         return result
 
-    def query_batch(self, requests: list[tuple[str | Path, str, int]]) -> list[list[dict[str, float]] | Exception]:
+    def query_batch(self, requests: list[tuple[str | Path, str, int]]) -> list[Moments | Exception]:
         """Answer several (video, sentence, top_k) at once, in one forward pass; a bad request gets its
         TalInputError in its place and does not affect the others."""
         from tal.models.text import tokenize
@@ -166,9 +188,20 @@ class MomentRetriever(_Predictor):
 
             batch = self.task.make_batch(self.model, [g[1] for g in good], [g[3] for g in good], [g[2] for g in good])
             ranked = self.task.rank_moments(self.model, to_device(batch, self.device), max(g[4] for g in good))
-            for (i, _, _, _, top_k), moments in zip(good, ranked):  # greedy NMS: the first k kept are the top k
-                results[i] = [{"start": float(a), "end": float(b), "score": float(c)} for a, b, c in moments[:top_k]]
+            for (i, _, _, sentence, top_k), moments in zip(good, ranked):  # greedy NMS: the first k kept are the top k
+                results[i] = Moments([{"start": float(a), "end": float(b), "score": float(c)}
+                                      for a, b, c in moments[:top_k]], self.sentence_warnings(sentence))
         return results
+
+    def sentence_warnings(self, sentence: str) -> list[str]:
+        """Warnings for an answer: a sentence none of whose words the text encoder knows is out of domain
+        (subword encoders such as MiniLM know every sentence)."""
+        coverage = getattr(self.model.text, "word_coverage", None)
+        words, unknown = coverage(sentence) if coverage is not None else ([], [])
+        if words and len(unknown) == len(words):
+            return [f"none of the words of {sentence!r} were seen in training ({', '.join(unknown[:5])}): "
+                    f"the moments are ranked without the sentence's meaning"]
+        return []
 
     def _video_clips(self, video: str | Path) -> tuple[torch.Tensor, float]:
         """The head's input for a video and its duration, computed once per video (the last 1024 are kept)."""
@@ -193,8 +226,10 @@ class ActionDetector(_Predictor):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
-                        cache: str | Path | None = None) -> "ActionDetector":
-        return cls(checkpoint, features, device, cache)
+                        cache: str | Path | None = None, weights: str | None = None,
+                        progress: bool | None = None) -> "ActionDetector":
+        """See `MomentRetriever.from_checkpoint`."""
+        return cls(checkpoint, features, device, cache, weights, progress)
 
     @property
     def classes(self) -> list[str]:

@@ -159,7 +159,7 @@ def _extract(videos: dict[str, Path], features: Path, settings: DemoSettings) ->
     jobs = [VideoJob(vid, str(path)) for vid, path in sorted(videos.items())]
     extract = ExtractSettings(backbone=FEATURES["backbone"], window=FEATURES["window"], stride=FEATURES["stride"],
                               batch_size=32, workers=1, device=settings.device)
-    result = extract_features(jobs, features, extract, progress=settings.progress)
+    result = extract_features(jobs, features, extract, progress=None if settings.progress else False)
     if result.num_failed:
         raise TalInputError(f"feature extraction failed for {result.num_failed} demo video(s); see "
                             f"{result.failures_path}")

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tal.cli.main import main
@@ -20,7 +21,8 @@ def test_detection_subprocess_prints_one_json_object(shared_data):
                    "--subset", "Test", "--tiou", "0.3:0.7:0.1")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert list(out) == ["mAP", "average_mAP"] and list(out["mAP"]) == list(THUMOS_MAP)
+    assert list(out) == ["mAP", "average_mAP", "tiou_thresholds"] and list(out["mAP"]) == list(THUMOS_MAP)
+    assert out["tiou_thresholds"] == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7], abs=1e-12)
     for key, value in THUMOS_MAP.items():
         assert abs(out["mAP"][key] - value) < 1e-9
     assert abs(out["average_mAP"] - 0.782749957687759) < 1e-9
@@ -55,11 +57,32 @@ def _files(tmp_path):
 def test_detection_defaults_and_per_class(tmp_path, capsys):
     gt, pred = _files(tmp_path)
     assert main(["evaluate", "detection", "--gt", str(gt), "--pred", str(pred), "--subset", "val", "--per-class"]) == 0
-    out = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
     assert list(out["mAP"]) == ["0.50", "0.55", "0.60", "0.65", "0.70", "0.75", "0.80", "0.85", "0.90", "0.95"]
     # a: AP 1; b: FP then TP -> 1/2; mean 3/4 at every threshold
     assert set(out["mAP"].values()) == {0.75} and out["average_mAP"] == 0.75
     assert out["per_class_AP"]["b"]["0.95"] == 0.5 and out["per_class_AP"]["a"]["0.50"] == 1.0
+    assert out["tiou_thresholds"] == pytest.approx(np.linspace(0.5, 0.95, 10).tolist(), abs=1e-12)
+    assert "note: tIoU thresholds 0.5:0.95:0.05 (ActivityNet-1.3, the default)" in captured.err
+
+
+def test_protocol_presets_and_tiou_exclusive(shared_data, capsys):
+    """The THUMOS14 reference scores the same by --protocol thumos14 as by --tiou 0.3:0.7:0.1, and
+    differently (and saying so) by the default ActivityNet thresholds; --protocol and --tiou exclude each other."""
+    gt = str(shared_data / "thumos14/thumos14_actionformer.json")
+    pred = str(shared_data / "reference/thumos14_test_detection_seed1.json")
+    base = ["evaluate", "detection", "--gt", gt, "--pred", pred, "--subset", "Test"]
+    assert main([*base, "--protocol", "thumos14"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert abs(out["average_mAP"] - 0.782749957687759) < 1e-9 and "(ActivityNet-1.3, the default)" not in captured.err
+    assert main(base) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)["tiou_thresholds"]) == 10 and "--protocol thumos14" in captured.err
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--protocol", "thumos14", "--tiou", "0.5"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_tiou_comma_list(tmp_path, capsys):

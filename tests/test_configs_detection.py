@@ -121,8 +121,9 @@ def test_synthetic_config_trains_on_another_set_with_set_alone(head, tiny_set, t
         assert set(written) == {"AR@1", "AR@5", "AR@10", "AR@50", "AR@100", "AUC"}
         values = list(written.values())
     else:
-        assert set(written) == {"mAP", "average_mAP"}
+        assert set(written) == {"mAP", "average_mAP", "tiou_thresholds"}
         assert set(written["mAP"]) == {"0.30", "0.40", "0.50", "0.60", "0.70"}
+        assert written["tiou_thresholds"] == pytest.approx([0.3, 0.4, 0.5, 0.6, 0.7], abs=1e-12)
         values = [*written["mAP"].values(), written["average_mAP"]]
         assert written["average_mAP"] == pytest.approx(np.mean(list(written["mAP"].values())))
     assert all(0.0 <= v <= 1.0 for v in values)

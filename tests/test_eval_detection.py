@@ -199,7 +199,7 @@ def test_per_class_json_and_keys():
     gt = gt_of({"v": [(0, 10, "b"), (20, 30, "a")]})
     result = evaluate_detection(gt, preds_of({"v": [(0, 10, 0.9, "b")]}), [0.5, 0.75])
     out = result.to_json(per_class=True)
-    assert out == {"mAP": {"0.50": 0.5, "0.75": 0.5}, "average_mAP": 0.5,
+    assert out == {"mAP": {"0.50": 0.5, "0.75": 0.5}, "average_mAP": 0.5, "tiou_thresholds": [0.5, 0.75],
                    "per_class_AP": {"a": {"0.50": 0.0, "0.75": 0.0}, "b": {"0.50": 1.0, "0.75": 1.0}}}
     assert list(out["per_class_AP"]) == ["a", "b"]
     assert tiou_keys(np.array([0.5, 0.525])) == ["0.500", "0.525"]

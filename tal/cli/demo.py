@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from tal.cli.common import add_device, device_of
+
 EXAMPLE = """example:
   tal demo --out tal-demo          # about 2 minutes on 2 CPU cores; re-running reuses finished steps
 
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs-scale", type=float, default=1.0,
                         help="multiply the training epochs (e.g. 0.2 for a quick look)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    add_device(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for training (default 1)")
     parser.set_defaults(func=_run)
@@ -36,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from tal.demo import DemoSettings, run_demo
 
-    result = run_demo(DemoSettings(Path(args.out), args.videos, args.epochs_scale, args.seed, args.device,
+    result = run_demo(DemoSettings(Path(args.out), args.videos, args.epochs_scale, args.seed, device_of(args),
                                    not args.no_progress, args.threads))
     summary = {
         "detection": {"mAP@0.5": result.detection["mAP"]["0.50"], "chance": result.detection_chance["mAP"]["0.50"]},

@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from tal.cli.common import add_device, add_threads, add_weights, apply_threads, device_of
+
 EXAMPLE = """examples:
   tal detect --checkpoint runs/demo/detection/checkpoint_best.pt my_video.mp4 --plot plots/
   tal detect --checkpoint runs/thumos/checkpoint_best.pt --features i3d.h5 video_test_0000004 --out det.json
@@ -27,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot", metavar="DIR", help="also draw a timeline PNG per video into DIR")
     parser.add_argument("--score-threshold", type=float, default=0.0, help="drop detections scoring below S")
     parser.add_argument("--top-k", type=int, default=None, help="keep at most K detections per video")
-    parser.add_argument("--device", default="cpu")
+    add_weights(parser)
+    add_device(parser)
+    add_threads(parser)
     parser.set_defaults(func=_run)
 
 
@@ -40,9 +44,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise TalInputError(f"--top-k must be >= 1, got {args.top_k}")
+    apply_threads(args)
     features = args.features if args.features and Path(args.features).is_file() else None
-    detector = ActionDetector.from_checkpoint(args.checkpoint, features=features, device=args.device,
-                                              cache=args.features)
+    detector = ActionDetector.from_checkpoint(args.checkpoint, features=features, device=device_of(args),
+                                              cache=args.features, weights=args.weights)
     results = {}
     for video in args.videos:
         detections = detector.detect(video, args.score_threshold, args.top_k)

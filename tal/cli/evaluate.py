@@ -11,9 +11,11 @@ import sys
 
 DETECTION_EXAMPLE = """example:
   tal evaluate detection --gt activity_net.v1-3.json --pred detections.json --subset validation
-  tal evaluate detection --gt thumos14.json --pred detections.json --subset Test --tiou 0.3:0.7:0.1
+  tal evaluate detection --gt thumos14.json --pred detections.json --subset Test --protocol thumos14
+  tal evaluate detection --gt my_gt.json --pred detections.json --subset test --tiou 0.5,0.75
 
-prints {"mAP": {"0.50": x, ...}, "average_mAP": x}; --per-class adds {"per_class_AP": {label: {tiou: ap}}}.
+prints {"mAP": {"0.50": x, ...}, "average_mAP": x, "tiou_thresholds": [...]}; --per-class adds
+{"per_class_AP": {label: {tiou: ap}}}.
 """
 PROPOSALS_EXAMPLE = """example:
   tal evaluate proposals --gt activity_net.v1-3.json --pred proposals.json --subset validation
@@ -42,9 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Mean average precision, equal to activitynet/ActivityNet Evaluation/eval_detection.py.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_gt_pred(detection)
-    detection.add_argument("--tiou", type=_thresholds, default="0.5:0.95:0.05", metavar="A:B:STEP|X,Y,...",
-                           help="tIoU thresholds, a range or a comma list "
-                                "(default 0.5:0.95:0.05; THUMOS14 uses 0.3:0.7:0.1)")
+    thresholds = detection.add_mutually_exclusive_group()
+    thresholds.add_argument("--tiou", type=_thresholds, metavar="A:B:STEP|X,Y,...",
+                            help="tIoU thresholds, a range or a comma list (default: --protocol activitynet13)")
+    thresholds.add_argument("--protocol", choices=("thumos14", "activitynet13"),
+                            help="the benchmark's thresholds: thumos14 0.3:0.7:0.1, activitynet13 0.5:0.95:0.05")
     detection.add_argument("--per-class", action="store_true", help="also print the AP of every class at every tIoU")
     detection.set_defaults(func=_run_detection)
 
@@ -89,10 +93,15 @@ def _add_gt_pred(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_detection(args: argparse.Namespace) -> int:
-    from tal.eval.detection import evaluate_detection_files
+    from tal.eval.detection import PROTOCOL_TIOU, evaluate_detection_files
 
-    result = evaluate_detection_files(args.gt, args.pred, args.subset, args.tiou)
-    return _emit(args, result.to_json(per_class=args.per_class), result.notes)
+    tiou = args.tiou if args.tiou is not None else PROTOCOL_TIOU[args.protocol or "activitynet13"]
+    result = evaluate_detection_files(args.gt, args.pred, args.subset, tiou)
+    notes = list(result.notes)
+    if args.tiou is None and args.protocol is None:
+        notes.append("tIoU thresholds 0.5:0.95:0.05 (ActivityNet-1.3, the default); THUMOS14 figures use "
+                     "--protocol thumos14 (0.3:0.7:0.1)")
+    return _emit(args, result.to_json(per_class=args.per_class), notes)
 
 
 def _run_proposals(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tal.cli.common import add_device, count
 from tal.errors import TalInputError
 
 EPILOG = """\
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "a slower network grows (5.5 GB vs 1.4 GB on a 10-minute video with r2plus1d_18)")
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="decoding processes (0 = decode in the main process; default 2)")
-    p.add_argument("--device", default="auto", metavar="D", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    add_device(p)
     p.add_argument("--list-backbones", action="store_true", help="list the backbones and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -86,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
         raise TalInputError("no videos: give video files or --video-list FILE")
     settings = ExtractSettings(args.backbone, args.weights, args.fps, args.window, args.stride, args.batch_size,
                                args.decoder, args.workers, args.device)
-    result = extract_features(jobs, args.out, settings, progress=not args.no_progress)
+    result = extract_features(jobs, args.out, settings, progress=False if args.no_progress else None)
     if result.rank == 0:
-        msg = (f"tal extract-features: {result.out}: {result.num_videos} videos ({result.num_new} new, "
+        msg = (f"tal extract-features: {result.out}: {count(result.num_videos, 'video')} ({result.num_new} new, "
                f"{result.num_skipped} already done)")
         if result.num_failed:
             msg += f"; {result.num_failed} failed, listed in {result.failures_path}"

@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     summary = import_features(args.format, args.src, args.out, args.fps, args.stride, args.window,
                               durations=args.durations, key=args.key, transpose=args.transpose,
                               strip_prefix=args.strip_prefix, backbone=args.backbone)
-    print(f"tal import-features: {summary.out}: {summary.num_videos} videos, dimension {summary.feature_dim}, "
+    from tal.cli.common import count
+
+    print(f"tal import-features: {summary.out}: {count(summary.num_videos, 'video')}, dimension {summary.feature_dim}, "
           f"durations {summary.duration_source}", file=sys.stderr)
     return 0

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from tal.cli.common import add_device, add_threads, add_weights, apply_threads, device_of
 
 EXAMPLE = """examples:
   tal query --checkpoint runs/charades/checkpoint_best.pt --features charades_vgg.h5 --video 3MSZA "person opens a door"
@@ -24,15 +27,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--features", help="feature cache (.h5) holding the video")
     parser.add_argument("--cache", help="where to keep features extracted from a video file (default: temporary)")
     parser.add_argument("--top-k", type=int, default=5, help="moments to return (default 5)")
-    parser.add_argument("--device", default="cpu")
+    add_weights(parser)
+    add_device(parser)
+    add_threads(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from tal.api import MomentRetriever
 
-    retriever = MomentRetriever.from_checkpoint(args.checkpoint, features=args.features, device=args.device,
-                                                cache=args.cache)
+    apply_threads(args)
+    retriever = MomentRetriever.from_checkpoint(args.checkpoint, features=args.features, device=device_of(args),
+                                                cache=args.cache, weights=args.weights)
     moments = retriever.query(args.video, args.sentence, top_k=args.top_k)
-    print(json.dumps({"video": args.video, "query": args.sentence, "moments": moments}))
+    answer = {"video": args.video, "query": args.sentence, "moments": list(moments)}
+    for warning in moments.warnings:
+        print(f"tal query: warning: {warning}", file=sys.stderr)
+    if moments.warnings:
+        answer["warnings"] = list(moments.warnings)
+    print(json.dumps(answer))
     return 0

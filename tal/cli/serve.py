@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from tal.cli.common import add_device, add_threads, add_weights, apply_threads, device_of
+
 EPILOG = """\
 endpoints:
   POST /query   {"video": VID, "query": "sentence", "top_k": 5}  ->  {"moments": [{"start", "end", "score"}]}
@@ -31,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000; 0 picks a free one)")
-    p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    add_device(p)
+    add_threads(p)
+    add_weights(p)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="uvicorn log level (default info: a line per request)")
     p.set_defaults(func=run)
@@ -45,12 +49,15 @@ def run(args: argparse.Namespace) -> int:
     for flag, path in (("--checkpoint", args.checkpoint), ("--features", args.features)):
         if not Path(path).is_file():
             raise TalInputError(f"{flag} {path}: no such file")
+    apply_threads(args)
+    device = device_of(args)
     sock = bind_socket(args.host, args.port)
     try:
         from tal.api import MomentRetriever
 
-        print(f"tal serve: loading {args.checkpoint} with {args.features} on {args.device}", file=sys.stderr)
-        retriever = MomentRetriever.from_checkpoint(args.checkpoint, features=args.features, device=args.device)
+        print(f"tal serve: loading {args.checkpoint} with {args.features} on {device}", file=sys.stderr)
+        retriever = MomentRetriever.from_checkpoint(args.checkpoint, features=args.features, device=device,
+                                                    weights=args.weights)
         print(f"tal serve: {len(retriever.videos())} videos; listening on {server_url(sock)} "
               f"(docs at /docs); Ctrl-C stops", file=sys.stderr, flush=True)
         run_server(retriever, log_level=args.log_level, sock=sock)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tal.cli.common import add_device, add_threads, apply_threads, device_of
+
 TRAIN_EXAMPLE = """examples:
   tal train configs/charades_sta/2dtan_pool.yaml --work-dir runs/charades_pool
   tal train configs/thumos14/a2net.yaml --set dataset.features=i3d.h5 train.epochs=20 --device cuda
@@ -28,11 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--work-dir", help="output folder (default: runs/<benchmark>_<model>, from the config path)")
     train.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override config values, e.g. train.epochs=5 dataset.features=f.h5")
-    train.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_device(train)
     train.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoint_last.pt")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; 1 is often "
-                                                   "fastest for small heads or on a busy machine)")
+    add_threads(train)
     train.set_defaults(func=_run_train)
 
     ev = subparsers.add_parser(
@@ -44,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--checkpoint", required=True, help="a checkpoint written by tal train")
     ev.add_argument("--out", help="also write the predictions here (.json for detection, .jsonl for grounding)")
     ev.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE")
-    ev.add_argument("--device", default="cpu")
-    ev.add_argument("--threads", type=int, help="torch CPU threads")
+    add_device(ev)
+    add_threads(ev)
     ev.set_defaults(func=_run_eval)
 
 
@@ -55,11 +56,11 @@ def _run_train(args: argparse.Namespace) -> int:
     from tal.config import load_config
     from tal.engine.trainer import train
 
-    _threads(args.threads)
+    apply_threads(args)
     cfg = load_config(args.config, args.overrides)
     config = Path(args.config)
     work_dir = args.work_dir or str(Path("runs") / f"{config.parent.name}_{config.stem}")
-    metrics = train(cfg, work_dir, device=args.device, resume=args.resume, progress=not args.no_progress)
+    metrics = train(cfg, work_dir, device=device_of(args), resume=args.resume, progress=not args.no_progress)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
@@ -71,18 +72,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from tal.config import load_config
     from tal.engine.trainer import evaluate_checkpoint
 
-    _threads(args.threads)
+    apply_threads(args)
     cfg = load_config(args.config, args.overrides)
-    print(json.dumps(evaluate_checkpoint(cfg, args.checkpoint, args.out, device=args.device)))
+    print(json.dumps(evaluate_checkpoint(cfg, args.checkpoint, args.out, device=device_of(args))))
     return 0
-
-
-def _threads(count: int | None) -> None:
-    if count is not None:
-        from tal.errors import TalInputError
-
-        if count < 1:
-            raise TalInputError(f"--threads must be >= 1, got {count}")
-        import torch
-
-        torch.set_num_threads(count)

@@ -42,6 +42,7 @@ from tal.ops.segments import tiou
 
 THUMOS14_TIOU = np.linspace(0.3, 0.7, 5)
 ACTIVITYNET_TIOU = np.linspace(0.5, 0.95, 10)
+PROTOCOL_TIOU = {"thumos14": THUMOS14_TIOU, "activitynet13": ACTIVITYNET_TIOU}  # `--protocol` presets
 
 
 @dataclass
@@ -63,9 +64,11 @@ class DetectionResult:
         return float(self.mAP.mean())
 
     def to_json(self, per_class: bool = False) -> dict:
-        """`{"mAP": {"0.50": x, ...}, "average_mAP": x}` (+ `per_class_AP` {label: {tiou: ap}})."""
+        """`{"mAP": {"0.50": x, ...}, "average_mAP": x, "tiou_thresholds": [...]}` (+ `per_class_AP`
+        {label: {tiou: ap}}): the thresholds are listed, so a figure always says which protocol made it."""
         keys = tiou_keys(self.tiou_thresholds)
-        out: dict = {"mAP": {k: float(v) for k, v in zip(keys, self.mAP)}, "average_mAP": self.average_mAP}
+        out: dict = {"mAP": {k: float(v) for k, v in zip(keys, self.mAP)}, "average_mAP": self.average_mAP,
+                     "tiou_thresholds": [float(t) for t in self.tiou_thresholds]}
         if per_class:
             out["per_class_AP"] = {
                 label: {k: float(v) for k, v in zip(keys, self.ap[:, c])}

@@ -12,7 +12,6 @@ cached under `<torch hub dir>/checkpoints/`, and says exactly what to do when it
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,14 +203,28 @@ class FramePooled(torch.nn.Module):
         return features.view(b, t, -1).mean(1)
 
 
+@dataclass(frozen=True)
+class LoadedWeights:
+    """Which weights a backbone holds: the cache's `weights`, `weights_sha256` and `weights_path` attributes."""
+
+    id: str
+    sha256: str = ""  # of the file loaded ("" for random or no weights)
+    path: str = ""
+
+    def attrs(self) -> dict[str, str]:
+        return {"weights": self.id, "weights_sha256": self.sha256, "weights_path": self.path}
+
+
 class Backbone:
     """A feature extractor: `preprocess` (CPU, picklable via `.preprocessor`) then `__call__`."""
 
     def __init__(
-        self, spec: BackboneSpec, model: torch.nn.Module, preprocessor: Preprocessor, weights_id: str, device: str
+        self, spec: BackboneSpec, model: torch.nn.Module, preprocessor: Preprocessor, weights: LoadedWeights,
+        device: str,
     ):
         self.spec = spec
-        self.weights_id = weights_id
+        self.weights = weights
+        self.weights_id = weights.id
         self.preprocessor = preprocessor
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -278,15 +291,16 @@ def _load_weights(model: torch.nn.Module, path: Path, name: str, head: str) -> N
     model.load_state_dict(state, strict=False)
 
 
-def _file_id(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"file:{path.name}#sha256:{digest.hexdigest()[:12]}"
+def _loaded_file(path: Path, weights_id: str | None = None) -> LoadedWeights:
+    from tal.features.weights import file_weights_id, sha256_of
+
+    digest = sha256_of(path)
+    return LoadedWeights(weights_id or file_weights_id(path, digest), digest, str(path.resolve()))
 
 
-def _build_torchvision(spec: BackboneSpec, weights: str | None) -> tuple[torch.nn.Module, str]:
+def _build_torchvision(spec: BackboneSpec, weights: str | None) -> tuple[torch.nn.Module, LoadedWeights]:
+    from tal.features.weights import RANDOM_ID
+
     import torchvision.models as models
     import torchvision.models.video as video_models
 
@@ -305,15 +319,15 @@ def _build_torchvision(spec: BackboneSpec, weights: str | None) -> tuple[torch.n
                 f"or copy it to {file.parent}"
             )
         _load_weights(model, file, spec.name, entry.head)
-        weights_id = f"torchvision:{enum}"
+        loaded = _loaded_file(file, f"torchvision:{enum}")
     elif weights == "random":
-        weights_id = "random(seed=0)"
+        loaded = LoadedWeights(RANDOM_ID)
     else:
         path = Path(weights)
         _load_weights(model, path, spec.name, entry.head)
-        weights_id = _file_id(path)
+        loaded = _loaded_file(path)
     setattr(model, entry.head, torch.nn.Identity())
-    return (model if entry.video else FramePooled(model)), weights_id
+    return (model if entry.video else FramePooled(model)), loaded
 
 
 def build_backbone(name: str, weights: str | None = None, device: str = "cpu") -> Backbone:
@@ -332,10 +346,10 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu") -
         if weights not in (None, "random"):
             raise TalInputError(f"backbone handcrafted has no weights; drop --weights {weights}")
         preprocessor = Preprocessor("descriptor", spec.resize_size, spec.input_size, spec.mean, spec.std)
-        return Backbone(spec, HandcraftedDescriptor(), preprocessor, "none", device)
-    model, weights_id = _build_torchvision(spec, weights)
+        return Backbone(spec, HandcraftedDescriptor(), preprocessor, LoadedWeights("none"), device)
+    model, loaded = _build_torchvision(spec, weights)
     preprocessor = Preprocessor(
         spec.kind, spec.resize_size, spec.input_size, spec.mean, spec.std, spec.min_frames, spec.max_frames,
         spec.antialias,
     )
-    return Backbone(spec, model, preprocessor, weights_id, device)
+    return Backbone(spec, model, preprocessor, loaded, device)

@@ -64,9 +64,27 @@ class ExtractResult:
 # Inputs
 
 
+VIDEO_SUFFIXES = frozenset((".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv",
+                            ".3gp", ".ts", ".mts"))
+
+
 def jobs_from_paths(paths: list[str]) -> list[VideoJob]:
-    """Video id = the file name without its last extension (`a/b/clip01.mp4` -> `clip01`)."""
-    return [VideoJob(Path(p).stem if Path(p).suffix else Path(p).name, str(p)) for p in paths]
+    """Video id = the file name without its last extension (`a/b/clip01.mp4` -> `clip01`).
+
+    A folder stands for the video files directly inside it (by extension, sorted; subfolders are not
+    searched); a folder without any is an error naming it.
+    """
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VIDEO_SUFFIXES)
+            if not found:
+                raise TalInputError(f"{p}: a folder with no video files in it ({', '.join(sorted(VIDEO_SUFFIXES))}; "
+                                    f"subfolders are not searched): give the files, or --video-list FILE")
+            files.extend(found)
+        else:
+            files.append(p)
+    return [VideoJob(p.stem if p.suffix else p.name, str(p)) for p in files]
 
 
 def read_video_list(path: str | Path) -> list[VideoJob]:
@@ -210,8 +228,10 @@ def failures_path(out: Path) -> Path:
 
 
 def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSettings,
-                     progress: bool = True) -> ExtractResult:
+                     progress: bool | None = None) -> ExtractResult:
     """Extract every job into `out` (resuming from a previous run), sharded over torchrun ranks.
+
+    progress: the bar on stderr; None shows it only when stderr is a terminal (never in log files).
 
     Bad videos are reported (stderr and `OUT.h5.failures.jsonl`) and never stop the others.
     """
@@ -232,8 +252,11 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
     backbone = build_backbone(settings.backbone, settings.weights, device)
     spec = backbone.spec
     fps, window, stride = resolve_settings(settings, spec)
+    if progress is not False and dist.rank == 0:
+        for note in window_notes(spec, window):
+            print(f"tal extract-features: note: {note}", file=sys.stderr)
     attrs = {
-        "backbone": spec.name, "weights": backbone.weights_id, "tal_version": __version__,
+        "backbone": spec.name, **backbone.weights.attrs(), "tal_version": __version__,
         "fps": float(fps) if fps is not None else "native", "window": window, "stride": stride,
         "decoder": decoder, "feature_dim": spec.feature_dim, "input_size": spec.input_size, "kind": spec.kind,
         "duration_source": "video frame count / native fps",
@@ -247,7 +270,7 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
         num_skipped = sum(job.video_id in done for job in jobs)
         fail_log = writer.parts / f"failures.rank{dist.rank}.jsonl"
         local_failures = _run(mine, backbone, writer, fail_log, fps, window, stride, decoder, settings,
-                              progress and dist.rank == 0)
+                              progress if dist.rank == 0 else False)
         totals = torch.tensor([len(local_failures), len(mine)], dtype=torch.int64)
         if dist.active:
             torch.distributed.all_reduce(totals)  # also a barrier: every rank's parts are written
@@ -266,6 +289,17 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
             torch.distributed.destroy_process_group()
 
 
+def window_notes(spec, window: int) -> list[str]:
+    """What happens to a window the network cannot take as it is (it is resampled, see `Preprocessor`)."""
+    if spec.max_frames is not None and window > spec.max_frames:
+        return [f"backbone {spec.name} takes at most {spec.max_frames} frames per clip: each {window}-frame window "
+                f"is resampled to {spec.max_frames} frames (nearest frame)"]
+    if window < spec.min_frames:
+        return [f"backbone {spec.name} needs at least {spec.min_frames} frames per clip: each {window}-frame window "
+                f"is resampled to {spec.min_frames} frames (frames repeated)"]
+    return []
+
+
 def decode_size(spec) -> int | None:
     """Short side to resize frames to while decoding, when the backbone's preprocessing starts by
     resizing the short side to it anyway (then its own resize is a no-op): frames are resized once,
@@ -275,7 +309,7 @@ def decode_size(spec) -> int | None:
 
 
 def _run(jobs: list[VideoJob], backbone, writer, fail_log: Path, fps, window, stride, decoder,
-         settings: ExtractSettings, progress: bool) -> list[dict]:
+         settings: ExtractSettings, progress: bool | None) -> list[dict]:
     """Extract `jobs` into parts; returns this process's failures (also appended to `fail_log`)."""
     from tqdm import tqdm
 
@@ -283,8 +317,8 @@ def _run(jobs: list[VideoJob], backbone, writer, fail_log: Path, fps, window, st
                          getattr(backbone, "preprocessor", backbone.preprocess), decode_size(backbone.spec))
     failures: list[dict] = []
     pending: dict[str, list[np.ndarray]] = {}
-    bar = tqdm(total=len(jobs), unit="video", file=sys.stderr, disable=not progress, dynamic_ncols=True,
-               desc=f"extract {backbone.spec.name}")
+    bar = tqdm(total=len(jobs), unit="video", file=sys.stderr, disable=None if progress is None else not progress,
+               dynamic_ncols=True, desc=f"extract {backbone.spec.name}")
     num_clips = 0
     start = time.perf_counter()
     with bar, fail_log.open("w", encoding="utf-8") as log:

@@ -177,6 +177,11 @@ class LSTMSentenceEncoder(nn.Module):
         self.lstm = nn.LSTM(embed_dim, hidden_dim // 2 if bidirectional else hidden_dim, num_layers=num_layers,
                             bidirectional=bidirectional, batch_first=True)
 
+    def word_coverage(self, sentence: str) -> tuple[list[str], list[str]]:
+        """(the sentence's words, those not in the vocabulary): all unknown means out of domain."""
+        words = tokenize(sentence)
+        return words, [w for w in words if self.vocab is None or w not in self.vocab]
+
     def prepare(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         """{"words": ids [B, L] long, "word_mask": [B, L] bool}, padded with <pad> to the longest."""
         if self.vocab is None:
