@@ -87,7 +87,7 @@ class _Predictor:
             if self.features is None:
                 raise TalInputError(f"{video}: no such video file")
             known = ", ".join(self.videos()[:3])
-            raise TalInputError(f"{video}: not a video id of {self.features.path}"
+            raise TalInputError(f"unknown video {str(video)!r}: not a video id of {self.features.path}"
                                 f"{' (e.g. ' + known + ')' if known else ''}, nor a video file")
         cache = self._extract(path)
         vid = _video_key(path)

@@ -264,7 +264,8 @@ def _pictures(out: Path, video_set, features: Path, settings: DemoSettings) -> l
         gt = [(float(a), float(b), label) for (a, b), label in zip(video.segments, video.labels)]
         pred = [(r["segment"][0], r["segment"][1], r["label"], r["score"]) for r in predictions["results"].get(vid, [])]
         images.append(plot_timeline(figures / f"timeline_{vid}.png", float(video.duration), gt, pred,
-                                    title=f"{vid}: ground truth vs A2Net", top_k=15, score_threshold=0.05))
+                                    title=f"{vid}: ground truth vs A2Net", top_k=15, score_threshold=0.05,
+                                    classes=truth.classes))
     images.append(plot_pr_curves(figures / "pr_curves.png", truth,
                                  parse_segment_predictions(predictions, "predictions"), tiou=0.5))
     grounding = read_grounding_predictions(out / "grounding" / "predictions.jsonl", need_segment=True)
@@ -272,7 +273,7 @@ def _pictures(out: Path, video_set, features: Path, settings: DemoSettings) -> l
     rows = [json.loads(line) for line in (out / "grounding" / "predictions.jsonl").read_text().splitlines()]
     duration = truth.videos[first.video].duration if first.video in truth.videos else None
     images.append(plot_grounding(figures / "grounding_query.png", float(duration or first.moments.max()), first.query,
-                                 first.segment, [tuple(m) for m in rows[0]["moments"]]))
+                                 first.segment, [tuple(m) for m in rows[0]["moments"]], video=first.video))
 
     from tal.engine.trainer import load_trained
     from tal.features.cache import open_feature_cache

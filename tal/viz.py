@@ -33,15 +33,27 @@ _MIN_ALPHA = 0.12  # opacity of the lowest score, so that no prediction disappea
 def plot_timeline(out_png: str | Path, duration_s: float,
                   ground_truth: Sequence[tuple[float, float, str | None]],
                   predictions: Sequence[tuple[float, float, str | None, float]],
-                  title: str = "", top_k: int | None = 20, score_threshold: float = 0.0) -> Path:
+                  title: str = "", top_k: int | None = 20, score_threshold: float = 0.0,
+                  classes: Sequence[str] | None = None, num_labelled: int = 5) -> Path:
+    """`timeline_figure` written as a PNG."""
+    return _save(timeline_figure(duration_s, ground_truth, predictions, title, top_k, score_threshold, classes,
+                                 num_labelled), out_png)
+
+
+def timeline_figure(duration_s: float, ground_truth: Sequence[tuple[float, float, str | None]],
+                    predictions: Sequence[tuple[float, float, str | None, float]],
+                    title: str = "", top_k: int | None = 20, score_threshold: float = 0.0,
+                    classes: Sequence[str] | None = None, num_labelled: int = 5) -> Figure:
     """One video's ground truth and predictions on a time axis [0, duration_s], one row per class.
 
     Rows are the union of ground-truth labels (first appearance) and predicted labels (best score
     first); a label None (proposals) is the row "proposal". In each row the ground truth is a solid
     bar on top and the predictions translucent bars below, opacity following the score (scores in
-    [0, 1] are used as they are, others are min-max scaled). Only the `top_k` best predictions with
-    score >= `score_threshold` are drawn (`top_k` None: all); end < start ones overlap nothing and
-    are left out.
+    [0, 1] are used as they are, others are min-max scaled); overlapping predictions of a class take
+    separate lanes, and the `num_labelled` best carry their score. A class has one colour in every
+    figure: its place in `classes` (the head's class list) or, without it, a hash of its name. Only
+    the `top_k` best predictions with score >= `score_threshold` are drawn (`top_k` None: all);
+    end < start ones overlap nothing and are left out.
     """
     gt = [(float(s), float(e), _label(lab)) for s, e, lab in ground_truth]
     preds = [(float(s), float(e), _label(lab), float(score)) for s, e, lab, score in predictions
@@ -51,17 +63,24 @@ def plot_timeline(out_png: str | Path, duration_s: float,
         preds = preds[:max(int(top_k), 0)]
     rows = list(dict.fromkeys([lab for _, _, lab in gt] + [lab for _, _, lab, _ in preds]))
     alphas = _score_alpha(np.array([p[3] for p in preds]))  # [P]
+    order = {label: i for i, label in enumerate(classes or [])}
 
     fig, ax = _figure((12.0, 1.4 + 0.42 * max(len(rows), 1)))
     for r, label in enumerate(rows):
-        color = _class_color(r)
+        color = class_color(label, order)
         spans = [(s, e - s) for s, e, lab in gt if lab == label]
         if spans:
             ax.broken_barh(spans, (r - 0.42, 0.4), facecolors=color, edgecolor="black", linewidth=0.6)
-        for (s, e, lab, _), alpha in zip(preds, alphas):
-            if lab == label:
-                ax.add_patch(Rectangle((s, r + 0.02), e - s, 0.4, facecolor=to_rgba(color, alpha),
-                                       edgecolor=to_rgba(color, min(1.0, alpha + 0.3)), linewidth=0.6))
+        mine = [i for i, p in enumerate(preds) if p[2] == label]
+        lane_of = _lanes([preds[i][:2] for i in mine])  # [len(mine)]
+        height = 0.4 / max(max(lane_of, default=0) + 1, 1)
+        for i, lane in zip(mine, lane_of):
+            s, e, _, score = preds[i]
+            y = r + 0.02 + lane * height
+            ax.add_patch(Rectangle((s, y), e - s, height, facecolor=to_rgba(color, alphas[i]),
+                                   edgecolor=to_rgba(color, 1.0), linewidth=0.8))
+            if i < num_labelled:
+                ax.text(s, y + height / 2, f" {score:.2f}", va="center", ha="left", fontsize=7, clip_on=True)
     ax.set_xlim(0.0, float(duration_s))
     ax.set_ylim(len(rows) - 0.5 if rows else 0.5, -0.5)  # first row on top
     ax.set_yticks(range(len(rows)), rows)
@@ -71,13 +90,32 @@ def plot_timeline(out_png: str | Path, duration_s: float,
         ax.text(0.5, 0.5, "no ground truth and no predictions", transform=ax.transAxes, ha="center", va="center")
     kept = [f"top {top_k}" if top_k is not None else "all"]
     kept += [f"score >= {score_threshold:g}"] if score_threshold > 0 else []
-    counts = f"{len(gt)} ground truth, {len(preds)} predictions ({', '.join(kept)})"
+    counts = f"{len(gt)} ground truth, {len(preds)} predictions ({', '.join(kept)})" if gt else \
+        f"{len(preds)} predictions ({', '.join(kept)})"
     ax.set_title(f"{title}: {counts}" if title else counts, fontsize=10)
-    ax.legend(handles=[Patch(facecolor="0.3", edgecolor="black", label="ground truth (top half)"),
-                       Patch(facecolor=to_rgba("0.3", 0.35), edgecolor="0.3",
-                             label="prediction (bottom half; opacity = score)")],
-              loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
-    return _save(fig, out_png)
+    handles = [Patch(facecolor="0.3", edgecolor="black", label="ground truth (top half)")] if gt else []
+    handles.append(Patch(facecolor=to_rgba("0.3", 0.35), edgecolor="0.3",
+                         label=f"prediction ({'bottom half; ' if gt else ''}opacity = score)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def _lanes(spans: Sequence[tuple[float, float]], max_lanes: int = 4) -> list[int]:
+    """A lane per span so that spans of one lane do not overlap (greedy by start); past `max_lanes`, a
+    span shares the lane that frees first."""
+    lane_of = [0] * len(spans)
+    ends: list[float] = []  # per lane, where its last span ends
+    for i in sorted(range(len(spans)), key=lambda k: spans[k][0]):
+        start, end = spans[i]
+        lane = next((k for k, last in enumerate(ends) if last <= start), None)
+        if lane is None and len(ends) < max_lanes:
+            ends.append(end)
+            lane = len(ends) - 1
+        elif lane is None:
+            lane = int(np.argmin(ends))
+        ends[lane] = max(ends[lane], end)
+        lane_of[i] = lane
+    return lane_of
 
 
 def plot_pr_curves(out_png: str | Path, ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
@@ -167,8 +205,15 @@ def plot_score_map(out_png: str | Path, score_map: np.ndarray, duration_s: float
 
 
 def plot_grounding(out_png: str | Path, duration_s: float, query: str, ground_truth: tuple[float, float] | None,
-                   moments: Sequence[Sequence[float]], top_k: int = 5) -> Path:
+                   moments: Sequence[Sequence[float]], top_k: int = 5, video: str | None = None) -> Path:
+    """`grounding_figure` written as a PNG."""
+    return _save(grounding_figure(duration_s, query, ground_truth, moments, top_k, video), out_png)
+
+
+def grounding_figure(duration_s: float, query: str, ground_truth: tuple[float, float] | None,
+                     moments: Sequence[Sequence[float]], top_k: int = 5, video: str | None = None) -> Figure:
     """One query: its ground truth on the top row and its `top_k` best moments below, rank 1 first.
+    The title is the query, after the video id when `video` is given.
 
     A moment is (start_s, end_s, score), or (start_s, end_s) when unscored (then drawn as ranked).
     Opacity follows the score; each moment is labelled with its score and its tIoU with the ground truth.
@@ -213,8 +258,9 @@ def plot_grounding(out_png: str | Path, duration_s: float, query: str, ground_tr
     right.set_yticks(range(len(notes)), notes, fontsize=8)
     ax.set_xlabel("time (s)")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title("\n".join(textwrap.wrap(f'"{query}"', 110)[:2]), fontsize=10)
-    return _save(fig, out_png)
+    heading = f'{video}: "{query}"' if video else f'"{query}"'
+    ax.set_title("\n".join(textwrap.wrap(heading, 110)[:2]), fontsize=10)
+    return fig
 
 
 def _figure(figsize: tuple[float, float]):
@@ -236,6 +282,16 @@ def _label(label: str | None) -> str:
 
 def _class_color(index: int):
     return colormaps["tab10"](index % 10)
+
+
+def class_color(label: str, order: dict[str, int] | None = None):
+    """The colour of a class, the same in every figure: its index in `order` (a head's class list) when
+    listed there, else a hash of its name (zlib.crc32, stable across runs, unlike Python's hash)."""
+    import zlib
+
+    if order and label in order:
+        return colormaps["tab20"](order[label] % 20)
+    return colormaps["tab20"](zlib.crc32(label.encode("utf-8")) % 20)
 
 
 def _score_alpha(scores: np.ndarray) -> np.ndarray:

@@ -318,7 +318,7 @@ from test_serve import FakeRetriever
 api = types.ModuleType("tal.api")
 class MomentRetriever(FakeRetriever):
     @classmethod
-    def from_checkpoint(cls, checkpoint, features=None, device="cpu"):
+    def from_checkpoint(cls, checkpoint, features=None, device="cpu", weights=None):
         print("loaded", checkpoint, features, device, file=sys.stderr, flush=True)
         return cls()
 api.MomentRetriever = MomentRetriever

@@ -211,4 +211,18 @@ def test_messages_that_point_the_right_way(walkthrough, tmp_path, capsys):
     assert "pass the video path" not in err
     code = main(["detect", "--checkpoint", str(walkthrough["detector"]), "nope", "--features",
                  str(walkthrough["features"])])
-    assert code == 2 and "nope: not a video id of" in capsys.readouterr().err
+    assert code == 2 and "unknown video 'nope': not a video id of" in capsys.readouterr().err
+
+
+def test_detect_keeps_the_json_when_the_plots_cannot_be_written(walkthrough, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = tmp_path / "det.json"
+    code = main(["detect", "--checkpoint", str(walkthrough["detector"]), "bikes", "--features",
+                 str(walkthrough["features"]), "--out", str(out), "--plot", str(blocker / "plots")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--plot {blocker / 'plots'}: cannot write the timelines" in err
+    assert "the detections were written already" in err and json.loads(out.read_text())["results"]["bikes"]
+    code = main(["detect", "--checkpoint", str(walkthrough["detector"]), "bikes", "--features",
+                 str(walkthrough["features"]), "--score-threshold", "nan"])
+    assert code == 2 and "--score-threshold must be a number, got nan" in capsys.readouterr().err

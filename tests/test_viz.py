@@ -228,3 +228,65 @@ def test_help_has_examples(capsys):
             main(["visualize", plot, "--help"])
         assert exc.value.code == 0
         assert f"example:\n  tal visualize {plot} " in capsys.readouterr().out
+
+
+def _bars(fig, label_rows: list[str]) -> dict[str, list]:
+    """The prediction rectangles of each row of a timeline figure, by row label."""
+    from matplotlib.patches import Rectangle
+
+    ax = fig.axes[0]
+    out: dict[str, list] = {label: [] for label in label_rows}
+    for patch in ax.patches:
+        if isinstance(patch, Rectangle):
+            row = int(round(patch.get_y()))
+            out[label_rows[row]].append(patch)
+    return out
+
+
+def test_a_class_keeps_its_colour_in_every_timeline():
+    """'b' is the second row in one figure and the first in the other: the same colour in both, from the class
+    list when given, else from its name; two classes do not share it."""
+    from tal.viz import class_color, timeline_figure
+
+    classes = ["a", "b", "c"]
+    first = timeline_figure(10.0, [], [(1, 2, "a", 0.9), (3, 4, "b", 0.5)], classes=classes)
+    second = timeline_figure(10.0, [], [(3, 4, "b", 0.9), (5, 6, "c", 0.5)], classes=classes)
+    colour_1 = _bars(first, ["a", "b"])["b"][0].get_edgecolor()
+    colour_2 = _bars(second, ["b", "c"])["b"][0].get_edgecolor()
+    assert colour_1 == colour_2 == class_color("b", {c: i for i, c in enumerate(classes)})
+    assert _bars(second, ["b", "c"])["c"][0].get_edgecolor() != colour_2
+    unlisted = [timeline_figure(10.0, [], preds) for preds in ([(1, 2, "x", 0.9), (3, 4, "y", 0.5)],
+                                                               [(3, 4, "y", 0.9)])]
+    assert _bars(unlisted[0], ["x", "y"])["y"][0].get_edgecolor() == _bars(unlisted[1], ["y"])["y"][0].get_edgecolor()
+
+
+def test_overlapping_predictions_take_lanes_and_the_best_carry_scores():
+    from tal.viz import timeline_figure
+
+    preds = [(1.0, 5.0, "a", 0.9), (2.0, 6.0, "a", 0.8), (5.5, 8.0, "a", 0.7), (3.0, 4.0, "a", 0.1)]
+    fig = timeline_figure(10.0, [], preds, num_labelled=2)
+    bars = sorted(_bars(fig, ["a"])["a"], key=lambda p: (p.get_x(), p.get_y()))
+    ys = {round(b.get_x(), 3): round(b.get_y(), 4) for b in bars}
+    # [1,5] lane 0, [2,6] lane 1, [3,4] lane 2, [5.5,8] fits lane 0 again (after 5): three lanes of 0.4/3
+    assert ys[1.0] == ys[5.5] and len({ys[1.0], ys[2.0], ys[3.0]}) == 3
+    assert abs(bars[0].get_height() - 0.4 / 3) < 1e-9
+    texts = sorted(t.get_text().strip() for t in fig.axes[0].texts)
+    assert texts == ["0.80", "0.90"]
+
+
+def test_no_ground_truth_entry_without_ground_truth():
+    from tal.viz import timeline_figure
+
+    def legend(fig):
+        return [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+    assert legend(timeline_figure(10.0, [], PREDS)) == ["prediction (opacity = score)"]
+    assert legend(timeline_figure(10.0, GT, PREDS))[0] == "ground truth (top half)"
+    assert timeline_figure(10.0, [], PREDS, title="v").axes[0].get_title() == "v: 3 predictions (top 20)"
+
+
+def test_grounding_title_names_the_video():
+    from tal.viz import grounding_figure
+
+    fig = grounding_figure(12.0, "a person opens a door", None, [(1.0, 2.0, 0.5)], video="3MSZA")
+    assert fig.axes[0].get_title() == '3MSZA: "a person opens a door"'

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
-from tal.cli.common import add_device, add_threads, add_weights, apply_threads, device_of
+from tal.cli.common import add_device, add_threads, add_weights, apply_threads, count, device_of
 
 EXAMPLE = """examples:
   tal detect --checkpoint runs/demo/detection/checkpoint_best.pt my_video.mp4 --plot plots/
@@ -44,30 +45,42 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.top_k is not None and args.top_k < 1:
         raise TalInputError(f"--top-k must be >= 1, got {args.top_k}")
+    if not math.isfinite(args.score_threshold):
+        raise TalInputError(f"--score-threshold must be a number, got {args.score_threshold}")
     apply_threads(args)
     features = args.features if args.features and Path(args.features).is_file() else None
     detector = ActionDetector.from_checkpoint(args.checkpoint, features=features, device=device_of(args),
                                               cache=args.features, weights=args.weights)
-    results = {}
+    results, timelines = {}, []
     for video in args.videos:
         detections = detector.detect(video, args.score_threshold, args.top_k)
         key = Path(video).stem if Path(video).is_file() else video
         results[key] = [{k: v for k, v in (("label", d["label"]), ("score", d["score"]),
                                            ("segment", [d["start"], d["end"]])) if v is not None}
                         for d in detections]
-        print(f"{key}: {len(detections)} detections", file=sys.stderr)
-        if args.plot:
-            from tal.viz import plot_timeline
-
-            duration = detector.duration_of(video)
-            png = plot_timeline(Path(args.plot) / f"{key}.png", duration, [],
-                                [(d["start"], d["end"], d["label"], d["score"]) for d in detections],
-                                title=f"{key}: detections")
-            print(f"{key}: timeline {png}", file=sys.stderr)
+        print(f"{key}: {count(len(detections), 'detection')}", file=sys.stderr)
+        timelines.append((key, detector.duration_of(video), detections))
     out = {"version": "tal", "results": results, "external_data": {}}
     if args.out:
         write_json_atomic(out, args.out, indent=None)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
-        print(json.dumps(out))
+        print(json.dumps(out), flush=True)
+    if args.plot:  # after the JSON, so that a folder we cannot write to loses no detections
+        _plot(Path(args.plot), timelines, detector.classes)
     return 0
+
+
+def _plot(folder, timelines: list, classes: list[str]) -> None:
+    from tal.errors import TalInputError
+    from tal.viz import plot_timeline
+
+    for key, duration, detections in timelines:
+        try:
+            png = plot_timeline(folder / f"{key}.png", duration, [],
+                                [(d["start"], d["end"], d["label"], d["score"]) for d in detections],
+                                title=f"{key}: detections", classes=classes)
+        except OSError as exc:
+            raise TalInputError(f"--plot {folder}: cannot write the timelines ({exc.strerror}); the detections "
+                                f"were written already") from None
+        print(f"{key}: timeline {png}", file=sys.stderr)

@@ -111,7 +111,8 @@ def _run_timeline(args: argparse.Namespace) -> int:
     ends = [e for _, e, *_ in ground_truth + predicted]
     duration_s = video.duration or max(ends, default=1.0)
     out = plot_timeline(args.out or f"timeline_{args.video}.png", duration_s, ground_truth, predicted,
-                        title=args.video, top_k=args.top_k or None, score_threshold=args.score_threshold)
+                        title=args.video, top_k=args.top_k or None, score_threshold=args.score_threshold,
+                        classes=annotations.classes)
     print(out)
     return 0
 
@@ -164,7 +165,7 @@ def _run_grounding(args: argparse.Namespace) -> int:
         raise TalInputError(f"{args.pred}:{query.lineno}: 'duration' must be a positive number of seconds, "
                             f"got {duration!r}")
     out = plot_grounding(args.out or f"grounding_{index}.png", float(duration), query.query, query.segment,
-                         moments.tolist(), top_k=args.top_k or len(moments))
+                         moments.tolist(), top_k=args.top_k or len(moments), video=query.video)
     print(out)
     return 0
 

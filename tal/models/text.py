@@ -243,6 +243,8 @@ class MiniLMSentenceEncoder(nn.Module):
     def _encoder(self):
         if self._network is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no loading bar on every `tal query`
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             package = importlib.import_module(MINILM_PACKAGE)
             object.__setattr__(self, "_network", package.load_model(device="cpu"))  # not a submodule
         return self._network
