@@ -28,7 +28,10 @@ def check_feature_settings(trained: dict, cache: FeatureCache, checkpoint: str |
 
     have = feature_settings(cache) if cache.videos else {**cache.attrs, "feature_dim": cache.feature_dim}
     differ = []
+    native = "native" in (trained.get("extract_fps"), have.get("extract_fps"))  # each video at its own rate
     for key in SETTING_KEYS:
+        if key == "fps" and native:
+            continue
         want, got = trained.get(key), have.get(key)
         if want is None or got is None:
             continue
@@ -108,7 +111,7 @@ class _Predictor:
             out = Path(self._tmp.name) / "features.h5"
         else:
             out = self._cache_path
-        fps = self.settings.get("fps")
+        fps = self.settings.get("extract_fps", self.settings.get("fps"))
         settings = ExtractSettings(backbone=str(self.settings["backbone"]),
                                    weights=inference_weights(self.settings, self.weights, self.checkpoint),
                                    fps=None if fps in (None, "native") else float(fps),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import math
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,11 +27,19 @@ _EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise TalInputError(f"{path}: no such config file")
+    raw = path.read_bytes()
     try:
-        with path.open("r", encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise TalInputError(f"{path}:{line}: not UTF-8 text; save the config as UTF-8") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise TalInputError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise TalInputError(f"{path}{where}: malformed YAML: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -134,3 +143,22 @@ def get(cfg: dict, dotted: str, default: Any = None) -> Any:
             return default
         node = node[part]
     return node
+
+
+def check_number(section: dict, key: str, where: str, default: Any, kind: type = float,
+                 minimum: float | None = None, exclusive: bool = False) -> Any:
+    """section[key] (or `default`) checked to be a `kind` (int: a whole number, not 2.5 or "abc"; float:
+    any finite number) at least `minimum` (above it when `exclusive`); a TalInputError naming
+    `where.key` and the value otherwise."""
+    value = section.get(key, default)
+    if value is None:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float))
+    ok = ok and math.isfinite(value)
+    if ok and minimum is not None:
+        ok = value > minimum if exclusive else value >= minimum
+    if not ok:
+        bound = "" if minimum is None else f" {'>' if exclusive else '>='} {minimum:g}"
+        noun = "a whole number" if kind is int else "a number"
+        raise TalInputError(f"{where}.{key} must be {noun}{bound}, got {value!r}")
+    return kind(value)

@@ -190,7 +190,8 @@ def _train(cfg: dict, work_dir: Path, settings: DemoSettings) -> dict:
         import yaml
 
         resume = yaml.safe_load(config_path.read_text()) == cfg
-    return train(cfg, work_dir, device=settings.device, resume=resume, progress=settings.progress)
+    # the demo's own folder: other settings than last time mean training again there
+    return train(cfg, work_dir, device=settings.device, resume=resume, progress=settings.progress, overwrite=True)
 
 
 def detection_chance(annotations: Path, tiou: list[float], seed: int, per_video: int = 50) -> dict:

@@ -45,7 +45,7 @@ def test_bad_files_name_the_problem(tmp_path):
     with pytest.raises(TalInputError, match="no such config file"):
         load_config(tmp_path / "missing.yaml")
     write(tmp_path / "bad.yaml", "model: [unclosed\n")
-    with pytest.raises(TalInputError, match="bad.yaml: malformed YAML"):
+    with pytest.raises(TalInputError, match=r"bad.yaml:2:1: malformed YAML: expected ',' or '\]'"):
         load_config(tmp_path / "bad.yaml")
     write(tmp_path / "typo.yaml", "modle: {}\n")
     with pytest.raises(TalInputError, match=r"unknown top-level keys \['modle'\]"):

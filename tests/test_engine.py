@@ -187,7 +187,8 @@ def test_detection_work_dir_contract(data, trained, capsys):
     assert load_config(work_dir / "config.yaml") == cfg
     metrics = json.loads((work_dir / "metrics.json").read_text())
     assert metrics == run_["metrics"]
-    assert list(metrics) == ["mAP", "average_mAP"] and list(metrics["mAP"]) == ["0.30", "0.40", "0.50", "0.60", "0.70"]
+    assert list(metrics) == ["mAP", "average_mAP", "tiou_thresholds"]
+    assert list(metrics["mAP"]) == ["0.30", "0.40", "0.50", "0.60", "0.70"]
 
     annotations = json.loads(Path(dset.annotations).read_text())["database"]
     validation = {vid for vid, a in annotations.items() if a["subset"] == "validation"}

@@ -141,7 +141,7 @@ def test_cli_import_usage_errors(tmp_path, capsys):
     assert "nope: not a folder" in capsys.readouterr().err
     assert main(["import-features", "--format", "npy-dir", str(src), "--out", str(tmp_path / "o.h5"),
                  "--fps", "30", "--stride", "4", "--window", "16", "--backbone", "i3d"]) == 0
-    assert "o.h5: 1 videos, dimension 4" in capsys.readouterr().err
+    assert "o.h5: 1 video, dimension 4" in capsys.readouterr().err
 
 
 def test_cli_features_info_text_and_json(tmp_path, capsys):

@@ -50,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--transpose", action="store_true", help="the files store [D, T]")
     p.add_argument("--strip-prefix", metavar="P", help="remove P from the start of video ids (e.g. v_)")
     p.add_argument("--backbone", metavar="NAME", help="what made the features, recorded in the file (e.g. i3d)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out when it exists (refused otherwise)")
     p.set_defaults(func=run)
 
 
@@ -58,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
 
     summary = import_features(args.format, args.src, args.out, args.fps, args.stride, args.window,
                               durations=args.durations, key=args.key, transpose=args.transpose,
-                              strip_prefix=args.strip_prefix, backbone=args.backbone)
+                              strip_prefix=args.strip_prefix, backbone=args.backbone,
+                              overwrite=args.overwrite)
     from tal.cli.common import count
 
     print(f"tal import-features: {summary.out}: {count(summary.num_videos, 'video')}, dimension {summary.feature_dim}, "

@@ -31,7 +31,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
                        help="override config values, e.g. train.epochs=5 dataset.features=f.h5")
     add_device(train)
-    train.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoint_last.pt")
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="continue from WORK_DIR/checkpoint_last.pt")
+    again.add_argument("--overwrite", action="store_true",
+                       help="train from scratch into a WORK_DIR that holds a run already, replacing it")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_threads(train)
     train.set_defaults(func=_run_train)
@@ -60,7 +63,8 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     config = Path(args.config)
     work_dir = args.work_dir or str(Path("runs") / f"{config.parent.name}_{config.stem}")
-    metrics = train(cfg, work_dir, device=device_of(args), resume=args.resume, progress=not args.no_progress)
+    metrics = train(cfg, work_dir, device=device_of(args), resume=args.resume, progress=not args.no_progress,
+                    overwrite=args.overwrite)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

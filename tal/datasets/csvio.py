@@ -26,12 +26,14 @@ def open_text(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line without its newline) of a UTF-8 text file; a missing or binary file is an error."""
     if not path.is_file():
         raise TalInputError(f"{path}: no such file")
-    try:
-        with path.open("r", encoding="utf-8", newline="") as f:
-            for lineno, line in enumerate(f, 1):
-                yield lineno, line.rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise TalInputError(f"{path}: not a UTF-8 text file") from None
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise TalInputError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start + 1} of the line); save the "
+                                    f"file as UTF-8") from None
+            yield lineno, line.rstrip("\r\n")
 
 
 def read_csv_rows(path: PathLike, required: Sequence[str], what: str) -> list[tuple[int, dict[str, str]]]:

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,6 +24,7 @@ logger = logging.getLogger("tal.datasets")
 DROPPED_EMPTY = "queries with start >= end after clipping to the video (2D-TAN drops them)"
 CLIPPED_END = "query ends clipped to the video duration"
 CLIPPED_START = "query starts clipped to 0"
+_WORD = re.compile(r"[^\W_]")  # a letter or digit, in any script
 
 
 def read_grounding_jsonl(path: str | os.PathLike) -> list[GroundingQuery]:
@@ -45,6 +47,8 @@ def read_grounding_jsonl(path: str | os.PathLike) -> list[GroundingQuery]:
         query = require(obj, "query", where)
         if not isinstance(query, str) or not query.strip():
             raise TalInputError(f"{where}: 'query' must be a non-empty string, got {query!r}")
+        if not _WORD.search(query):
+            raise TalInputError(f"{where}: 'query' {query!r} has no word in it (no letter or digit)")
         start_s, end_s = parse_segment(require(obj, "segment", where), where, allow_zero_length=False)
         if start_s < 0 or end_s > duration:
             raise TalInputError(

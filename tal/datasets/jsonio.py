@@ -24,20 +24,18 @@ def read_json(path: str | Path) -> Any:
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a JSONL file."""
-    path = Path(path)
-    if not path.is_file():
-        raise TalInputError(f"{path}: no such file")
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TalInputError(f"{path}:{lineno}: malformed JSON line: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise TalInputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    from tal.datasets.csvio import open_text
+
+    for lineno, line in open_text(Path(path)):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TalInputError(f"{path}:{lineno}: malformed JSON line: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise TalInputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        yield lineno, obj
 
 
 def parse_segment(value: Any, where: str, allow_zero_length: bool = True) -> tuple[float, float]:

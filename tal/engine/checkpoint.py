@@ -8,10 +8,14 @@ the previous checkpoint intact.
 """
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tal.errors import TalInputError
@@ -19,6 +23,11 @@ from tal.errors import TalInputError
 FORMAT = "tal-checkpoint"
 VERSION = 1
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+# Checkpoints written before the RNG state became tensors hold numpy's MT19937 keys as an array: allow
+# exactly the numpy types that rebuild a plain array, nothing that can call code.
+_reconstruct = getattr(getattr(np, "_core", None) or np.core, "multiarray")._reconstruct
+_OLD_RNG_TYPES = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _reconstruct,
+                  (_reconstruct, "numpy.core.multiarray._reconstruct")]
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
@@ -32,6 +41,11 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        kept = "the previous one is intact; free space and re-run with --resume" if path.exists() else "nothing was lost"
+        raise TalInputError(f"{path}: no space left on the device while saving the checkpoint; {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)
     directory = os.open(path.parent, os.O_RDONLY)
@@ -52,7 +66,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             head = f.read(len(ZIP_MAGIC))
         if head != ZIP_MAGIC:  # never unpickle arbitrary bytes: a huge pickle FRAME length alone can exhaust memory
             raise ValueError("empty file" if not head else "not a torch zip archive")
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_OLD_RNG_TYPES):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        blocked = re.search(r"GLOBAL (\S+)", str(exc))
+        raise TalInputError(f"{path}: refused: the file holds a Python object that loading would run "
+                            f"({blocked.group(1) if blocked else 'not tensors or plain data'}); tal loads only "
+                            f"tensors and plain data from checkpoints, and `tal train` writes nothing else. Use a "
+                            f"checkpoint that tal train wrote") from None
     except Exception as exc:  # whatever unpickling a damaged file raises (EOF, overflow, bad opcode, zip...)
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TalInputError(f"{path}: not a readable checkpoint ({reason}); it may be truncated: "

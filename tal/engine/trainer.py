@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -25,19 +26,37 @@ from typing import Any
 import numpy as np
 import torch
 
-from tal.config import save_config
+from tal.config import check_number, save_config
 from tal.datasets.jsonio import write_json_atomic
 from tal.engine import distributed
 from tal.engine.checkpoint import load_checkpoint, save_checkpoint
 from tal.engine.optim import Plateau, build_optimizer, build_scheduler
 from tal.errors import TalInputError
 from tal.tasks import build_task
+from tal.tempfiles import remove_stale_temp_files
 from tal.tasks.base import Task, check_section, global_batches, to_device
 
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "schedule", "warmup_epochs",
               "milestones", "gamma", "plateau_factor", "plateau_patience", "clip_grad_norm", "amp", "log_interval"}
+# (kind, minimum, exclusive) of the numeric train keys; their defaults are read where they are used
+TRAIN_NUMBERS = {"epochs": (int, 1, False), "batch_size": (int, 1, False), "lr": (float, 0, True),
+                 "weight_decay": (float, 0, False), "momentum": (float, 0, False), "warmup_epochs": (float, 0, False),
+                 "gamma": (float, 0, True), "plateau_factor": (float, 0, True), "plateau_patience": (int, 0, False),
+                 "clip_grad_norm": (float, 0, False), "log_interval": (int, 1, False)}
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 logger = logging.getLogger("tal.train")
+
+
+def check_train_values(train_cfg: dict) -> None:
+    """Every numeric train key is a number of the right kind and range (train.epochs=abc, [1, 2], 2.5 or
+    train.lr=-1 are one-line errors, not tracebacks or silent truncation)."""
+    for key, (kind, minimum, exclusive) in TRAIN_NUMBERS.items():
+        check_number(train_cfg, key, "train", None, kind, minimum, exclusive)
+    milestones = train_cfg.get("milestones", [])
+    if not isinstance(milestones, list):
+        raise TalInputError(f"train.milestones must be a list of epochs, got {milestones!r}")
+    for i, _ in enumerate(milestones):
+        check_number(dict(enumerate(milestones)), i, "train.milestones", None, int, 0)
 
 
 def seed_everything(seed: int) -> None:
@@ -47,7 +66,10 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states as tensors and plain data (a checkpoint loads with weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -55,7 +77,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -104,8 +127,9 @@ class Trainer:
     """One training run in `work_dir` (see the module docstring)."""
 
     def __init__(self, cfg: dict, work_dir: str | Path, device: str = "cpu", resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, overwrite: bool = False):
         self.cfg = cfg
+        self.overwrite = overwrite
         self.train_cfg = check_section(cfg, "train", TRAIN_KEYS, "training loop")
         self.work_dir = Path(work_dir)
         self.ctx, self.device = distributed.setup(device)
@@ -113,17 +137,35 @@ class Trainer:
             raise TalInputError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
         self.resume = resume
         self.progress = progress and self.ctx.is_main
+        check_train_values(self.train_cfg)
         self.epochs = int(self.train_cfg.get("epochs", 10))
         self.batch_size = int(self.train_cfg.get("batch_size", 32))
-        if self.epochs < 1 or self.batch_size < 1:
-            raise TalInputError(f"train.epochs and train.batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
         self.clip = float(self.train_cfg.get("clip_grad_norm", 1.0))
         self.amp = bool(self.train_cfg.get("amp", False)) and self.device.type == "cuda"
         self.seed = int(cfg.get("seed", 0))
 
     def run(self) -> dict:
         """Train, evaluate, write the work dir; returns the metrics on the evaluation split."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.work_dir.exists() and not self.work_dir.is_dir():
+            raise TalInputError(f"--work-dir {self.work_dir}: a file, not a folder; choose another --work-dir")
+        existing = [name for name in (LAST, BEST, "metrics.json") if (self.work_dir / name).is_file()]
+        if existing and not self.resume and not self.overwrite:
+            raise TalInputError(f"--work-dir {self.work_dir} holds a run already ({', '.join(existing)}): --resume "
+                                f"continues it, --overwrite trains again from scratch and replaces it, or choose "
+                                f"another --work-dir")
+        if self.ctx.is_main:
+            remove_stale_temp_files(self.work_dir)
+        if existing and self.overwrite and not self.resume and self.ctx.is_main:
+            for name in existing:  # a stale best of the old run must not stand in for this run's
+                (self.work_dir / name).unlink()
+        try:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.work_dir / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise TalInputError(f"--work-dir {self.work_dir}: cannot write there ({exc.strerror}); choose another "
+                                f"--work-dir") from None
         handlers = _setup_logging(self.work_dir, self.ctx.is_main)
         try:
             return self._run()
@@ -273,9 +315,14 @@ def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def train(cfg: dict, work_dir: str | Path, device: str = "cpu", resume: bool = False, progress: bool = True) -> dict:
-    """Train the config's head; see the module docstring. Returns the evaluation-split metrics."""
-    return Trainer(cfg, work_dir, device, resume, progress).run()
+def train(cfg: dict, work_dir: str | Path, device: str = "cpu", resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> dict:
+    """Train the config's head; see the module docstring. Returns the evaluation-split metrics.
+
+    A work dir that holds a run already is refused unless `resume` (continue it) or `overwrite` (start
+    again and replace it): nothing is lost by a repeated command.
+    """
+    return Trainer(cfg, work_dir, device, resume, progress, overwrite).run()
 
 
 def load_trained(checkpoint: str | Path, device: str = "cpu", cfg: dict | None = None,
@@ -288,7 +335,14 @@ def load_trained(checkpoint: str | Path, device: str = "cpu", cfg: dict | None =
         _same_features(state["meta"], task.meta, checkpoint)
         task.meta = {**task.meta, **{k: v for k, v in state["meta"].items() if k not in task.meta or k == "vocab"}}
     model = task.build_model()
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:  # another head, or a changed size: name what differs instead of the tensors
+        trained, now = state["config"].get("model") or {}, cfg.get("model") or {}
+        changed = sorted(k for k in set(trained) | set(now) if trained.get(k) != now.get(k))
+        raise TalInputError(f"{checkpoint}: its weights do not fit the config's model (model keys that differ: "
+                            f"{', '.join(f'{k} {trained.get(k)!r} vs {now.get(k)!r}' for k in changed) or 'none'}); "
+                            f"use the config it was trained with (config.yaml beside it)") from None
     return task, model.to(device).eval(), state
 
 

@@ -16,6 +16,7 @@ renames it over `OUT.h5`; parts are deleted only after that. Re-running resumes 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,6 +30,7 @@ import numpy as np
 
 from tal import __version__
 from tal.errors import TalInputError
+from tal.tempfiles import remove_stale_temp_files
 
 VIDEO_ATTRS = ("fps", "stride", "window", "duration")
 FORMAT_TAG = "tal-feature-cache/1"
@@ -128,8 +130,8 @@ def open_hdf5(path: Path):
         return h5py.File(path, "r")
     except OSError as exc:
         raise TalInputError(
-            f"{path}: cannot read this HDF5 file, it is truncated or corrupt ({_h5_reason(exc)}); "
-            f"re-create it (re-running 'tal extract-features' with the same arguments resumes)"
+            f"{path}: cannot read this HDF5 file, it is truncated or corrupt ({_h5_reason(exc)}); move it aside "
+            f"and re-create it with the command that made it"
         ) from None
 
 
@@ -268,6 +270,11 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _no_space(exc: BaseException) -> bool:
+    """A full disk, as OSError or as h5py reports it (an OSError or RuntimeError mentioning it)."""
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left on device" in str(exc)
+
+
 def _replace_durably(tmp: Path, final: Path) -> None:
     _fsync_path(tmp)
     os.replace(tmp, final)
@@ -306,8 +313,12 @@ def _build_h5(out: Path, items: Iterable[tuple[str, np.ndarray, dict]], attrs: d
     tmp = out.with_name(out.name + ".tmp")
     try:
         count = _fill_h5(tmp, out, items, attrs, copy_from)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if _no_space(exc):
+            kept = f"{out} is as it was" if out.exists() else f"{out} was not written"
+            raise TalInputError(f"{out}: no space left on the device while writing it; {kept} (finished videos "
+                                f"stay in {out.name}.parts when extracting): free space and re-run") from None
         raise
     _replace_durably(tmp, out)
     return count
@@ -382,7 +393,7 @@ class FeatureCacheWriter:
         self._existing: set[str] = set()
         self._created: str | None = None
         if self.path.exists():
-            with open_feature_cache(self.path) as cache:
+            with self._open_existing() as cache:
                 diff = _differences(_identity(cache.attrs), want)
                 if diff:
                     raise TalInputError(
@@ -406,6 +417,16 @@ class FeatureCacheWriter:
         else:
             self.parts.mkdir(parents=True, exist_ok=True)
             self._write_atomic(settings, json.dumps(want, sort_keys=True).encode())
+        remove_stale_temp_files(self.parts)
+
+    def _open_existing(self) -> "FeatureCache":
+        """The existing output; when it cannot be read, the fix that works for an extraction run."""
+        try:
+            return open_feature_cache(self.path)
+        except TalInputError as exc:
+            raise TalInputError(f"{exc}. To continue this extraction: mv {self.path} {self.path}.broken and re-run "
+                                f"the same command (videos kept in {self.parts.name} are not extracted again; "
+                                f"the others are)") from None
 
     def _write_atomic(self, final: Path, data: bytes) -> None:
         tmp = final.with_name(f"{final.name}.tmp{os.getpid()}")
@@ -435,6 +456,15 @@ class FeatureCacheWriter:
 
     def add(self, vid: str, features: np.ndarray, meta: dict) -> None:
         """Store one finished video as a part (atomic: it exists only once complete)."""
+        try:
+            self._add(vid, features, meta)
+        except OSError as exc:
+            if not _no_space(exc):
+                raise
+            raise TalInputError(f"{self.parts}: no space left on the device while saving video {vid!r}; the videos "
+                                f"finished before it are kept: free space and re-run the same command") from None
+
+    def _add(self, vid: str, features: np.ndarray, meta: dict) -> None:
         arr, clean = _check_item(vid, features, meta, str(self.path))
         stem = self.parts / part_stem(vid)
         self._write_atomic(stem.with_suffix(".json"), json.dumps({"video": vid, **clean}).encode())

@@ -10,7 +10,9 @@ clip, so a video's features do not depend on what else is extracted, or on a res
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -25,6 +27,7 @@ import torch.utils.data
 from tal import __version__
 from tal.distributed import context_from_env, resolve_device
 from tal.errors import TalInputError
+from tal.tempfiles import RunLock
 
 
 @dataclass(frozen=True)
@@ -90,22 +93,22 @@ def jobs_from_paths(paths: list[str]) -> list[VideoJob]:
 def read_video_list(path: str | Path) -> list[VideoJob]:
     """Lines `path` or `path<TAB>video_id`; blank lines and lines starting with '#' are skipped.
     Relative paths are relative to the current directory."""
+    from tal.datasets.csvio import open_text
+
     path = Path(path)
     if not path.is_file():
         raise TalInputError(f"{path}: no such video list")
     jobs = []
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            fields = line.split("\t")
-            if len(fields) > 2 or not fields[0].strip() or (len(fields) == 2 and not fields[1].strip()):
-                raise TalInputError(f"{path}:{lineno}: expected 'path' or 'path<TAB>video_id', got {line!r}")
-            if len(fields) == 2:
-                jobs.append(VideoJob(fields[1].strip(), fields[0].strip()))
-            else:
-                jobs.extend(jobs_from_paths([fields[0].strip()]))
+    for lineno, line in open_text(path):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) > 2 or not fields[0].strip() or (len(fields) == 2 and not fields[1].strip()):
+            raise TalInputError(f"{path}:{lineno}: expected 'path' or 'path<TAB>video_id', got {line!r}")
+        if len(fields) == 2:
+            jobs.append(VideoJob(fields[1].strip(), fields[0].strip()))
+        else:
+            jobs.extend(jobs_from_paths([fields[0].strip()]))
     return jobs
 
 
@@ -202,10 +205,10 @@ def _iter_stream(stream: _ClipStream, workers: int) -> Iterator[tuple]:
 
 def resolve_settings(settings: ExtractSettings, spec) -> tuple[float | None, int, int]:
     """(fps, window, stride) after defaults: the backbone's window and fps, stride = window."""
-    window = settings.window or spec.default_window
-    stride = settings.stride or window
+    window = spec.default_window if settings.window is None else settings.window
+    stride = window if settings.stride is None else settings.stride
     fps = settings.fps if settings.fps is not None else spec.default_fps
-    if window <= 0 or stride <= 0 or (fps is not None and fps <= 0):
+    if window <= 0 or stride <= 0 or (fps is not None and not (math.isfinite(fps) and fps > 0)):
         raise TalInputError(f"--window, --stride and --fps must be positive (got {window}, {stride}, {fps})")
     return fps, window, stride
 
@@ -244,8 +247,12 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
         raise TalInputError(f"--batch-size must be positive, got {settings.batch_size}")
     if settings.workers < 0:
         raise TalInputError(f"--workers must be >= 0, got {settings.workers}")
+    if out.is_dir():
+        raise TalInputError(f"--out {out}: a folder; give a file name, e.g. {out / 'features.h5'}")
     if not out.parent.is_dir():
         raise TalInputError(f"--out {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise TalInputError(f"--out {out}: cannot write in {out.parent}; choose another --out")
     dist = context_from_env()
     device = resolve_device(settings.device, dist)
     decoder = extraction_decoder(settings.decoder)
@@ -261,32 +268,35 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
         "decoder": decoder, "feature_dim": spec.feature_dim, "input_size": spec.input_size, "kind": spec.kind,
         "duration_source": "video frame count / native fps",
     }
-    writer = FeatureCacheWriter(out, attrs)
-    if dist.active:
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    try:
-        done = writer.done()
-        mine = [job for job in jobs[dist.rank::dist.world_size] if job.video_id not in done]
-        num_skipped = sum(job.video_id in done for job in jobs)
-        fail_log = writer.parts / f"failures.rank{dist.rank}.jsonl"
-        local_failures = _run(mine, backbone, writer, fail_log, fps, window, stride, decoder, settings,
-                              progress if dist.rank == 0 else False)
-        totals = torch.tensor([len(local_failures), len(mine)], dtype=torch.int64)
+    lock = RunLock(out, "--out") if dist.rank == 0 else contextlib.nullcontext()  # rank 0 speaks for the run
+    with lock:
+        writer = FeatureCacheWriter(out, attrs)
         if dist.active:
-            torch.distributed.all_reduce(totals)  # also a barrier: every rank's parts are written
-        result = ExtractResult(out, 0, int(totals[1]) - int(totals[0]), num_skipped, int(totals[0]), rank=dist.rank)
-        if dist.rank == 0:
-            result.failures = _gather_failures(writer.parts, dist.world_size)
-            result.num_videos = writer.finalize()
-            result.failures_path = _write_failures(out, result.failures)
-        if dist.active:
-            num_videos = torch.tensor([result.num_videos], dtype=torch.int64)
-            torch.distributed.broadcast(num_videos, src=0)  # the other ranks wait for the final file
-            result.num_videos = int(num_videos[0])
-        return result
-    finally:
-        if dist.active:
-            torch.distributed.destroy_process_group()
+            torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        try:
+            done = writer.done()
+            mine = [job for job in jobs[dist.rank::dist.world_size] if job.video_id not in done]
+            num_skipped = sum(job.video_id in done for job in jobs)
+            fail_log = writer.parts / f"failures.rank{dist.rank}.jsonl"
+            local_failures = _run(mine, backbone, writer, fail_log, fps, window, stride, decoder, settings,
+                                  progress if dist.rank == 0 else False)
+            totals = torch.tensor([len(local_failures), len(mine)], dtype=torch.int64)
+            if dist.active:
+                torch.distributed.all_reduce(totals)  # also a barrier: every rank's parts are written
+            result = ExtractResult(out, 0, int(totals[1]) - int(totals[0]), num_skipped, int(totals[0]),
+                                   rank=dist.rank)
+            if dist.rank == 0:
+                result.failures = _gather_failures(writer.parts, dist.world_size)
+                result.num_videos = writer.finalize()
+                result.failures_path = _write_failures(out, result.failures)
+            if dist.active:
+                num_videos = torch.tensor([result.num_videos], dtype=torch.int64)
+                torch.distributed.broadcast(num_videos, src=0)  # the other ranks wait for the final file
+                result.num_videos = int(num_videos[0])
+            return result
+        finally:
+            if dist.active:
+                torch.distributed.destroy_process_group()
 
 
 def window_notes(spec, window: int) -> list[str]:

@@ -166,8 +166,11 @@ def read_durations(path: str | Path) -> dict[str, float]:
         return out
     if not path.is_file():
         raise TalInputError(f"{path}: no such durations file")
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError:
+        raise TalInputError(f"{path}: not UTF-8 text; save the durations file as UTF-8") from None
     if not rows:
         raise TalInputError(f"{path}: empty durations file")
     vid_col, dur_col = 0, 1
@@ -193,14 +196,27 @@ def read_durations(path: str | Path) -> dict[str, float]:
 # Import
 
 
+def check_output_file(out: Path, flag: str, overwrite: bool) -> None:
+    """Refuse, before any work, an output that is a folder, lies in a missing folder, or exists (unless
+    `overwrite`): a one-line error naming the flag and the fix."""
+    if out.is_dir():
+        raise TalInputError(f"{flag} {out}: a folder; give a file name, e.g. {out / 'features.h5'}")
+    if not out.parent.is_dir():
+        raise TalInputError(f"{flag} {out}: folder {out.parent} does not exist; create it first")
+    if out.exists() and not overwrite:
+        raise TalInputError(f"{flag} {out} exists already; choose another {flag}, or pass --overwrite to replace it")
+
+
 def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str | None, stride: int | None,
                     window: int | None, durations: str | Path | None = None, key: str | None = None,
                     transpose: bool = False, strip_prefix: str | None = None,
-                    backbone: str | None = None) -> ImportSummary:
-    """Convert `src` (layout `fmt`) into the feature cache `out` (written atomically)."""
+                    backbone: str | None = None, overwrite: bool = False) -> ImportSummary:
+    """Convert `src` (layout `fmt`) into the feature cache `out` (written atomically). An existing `out` is
+    refused unless `overwrite`; videos with zero features are left out (listed on stderr)."""
     from tal.features.cache import write_feature_cache
 
     src, out = Path(src), Path(out)
+    check_output_file(out, "--out", overwrite)
     if fmt not in FORMATS:
         raise TalInputError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if fmt == "activitynet-c3d":
@@ -254,9 +270,10 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
                 video_fps = fps
                 if table is None:
                     duration = ((num - 1) * stride + window) / video_fps if num else 0.0
-            if num == 0:
+            if num == 0:  # nothing to train or search on: a head would fail on it later
                 summary.empty.append(vid)
-            elif not np.isfinite(arr).all():
+                continue
+            if not np.isfinite(arr).all():
                 summary.nonfinite.append(vid)
             summary.num_videos += 1
             yield vid, arr, {"fps": video_fps, "stride": stride, "window": window, "duration": duration}
@@ -273,7 +290,8 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
         "duration_source": duration_source,
     }
     write_feature_cache(out, items(), attrs)
-    for kind, videos in (("contain NaN/Inf", summary.nonfinite), ("have zero features", summary.empty),
+    for kind, videos in (("contain NaN/Inf", summary.nonfinite),
+                         ("have zero features and were left out", summary.empty),
                          ("were skipped", summary.skipped)):
         if videos:
             print(f"tal import-features: warning: {len(videos)} videos {kind}: {', '.join(videos[:5])}"

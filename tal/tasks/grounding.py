@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tal.config import check_number
 from tal.datasets.annotations import load_grounding_queries
 from tal.datasets.types import GroundingQuery
 from tal.errors import TalInputError
@@ -33,11 +34,32 @@ FEATURE_ATTRS = ("backbone", "weights", "weights_sha256", "weights_path", "fps",
 def feature_settings(cache: FeatureCache) -> dict:
     """How a cache was made (its file attributes plus the first video's timing), for checkpoints."""
     settings = {k: cache.attrs[k] for k in FEATURE_ATTRS if k in cache.attrs}
+    if "fps" in cache.attrs:
+        settings["extract_fps"] = cache.attrs["fps"]  # as extraction was asked: a number or "native"
     if cache.videos:
         meta = cache.meta(cache.videos[0])
         settings.update(fps=meta.fps, stride=meta.stride, window=meta.window)
     settings["feature_dim"] = cache.feature_dim
     return settings
+
+
+def warn_duration_mismatch(path, queries: list[GroundingQuery], cache: FeatureCache, tolerance: float = 0.1) -> None:
+    """Warn (stderr) when annotated durations differ from the cache's by more than `tolerance` (relative) and
+    1 s: the annotations then place every moment at the wrong features. The worst videos are named."""
+    import sys
+
+    worst: dict[str, tuple[float, float]] = {}
+    for q in queries:
+        if q.video not in worst:
+            have = float(cache.meta(q.video).duration)
+            if abs(q.duration - have) > max(1.0, tolerance * have):
+                worst[q.video] = (q.duration, have)
+    if worst:
+        named = sorted(worst.items(), key=lambda kv: -abs(kv[1][0] - kv[1][1]))[:3]
+        shown = ", ".join(f"{vid} {a:g} s vs {c:g} s" for vid, (a, c) in named)
+        print(f"tal: warning: {path}: {len(worst)} video(s) have annotated durations unlike the feature cache's "
+              f"{cache.path} (annotation vs cache: {shown}); check that both describe the same videos and "
+              f"frame rate", file=sys.stderr)
 
 
 @TASKS.register("grounding")
@@ -55,7 +77,8 @@ class GroundingTask(Task):
         if self.model_cfg.get("name") not in ("2dtan", "man"):
             raise TalInputError(f"model {self.model_cfg.get('name')!r} is not a grounding head (2dtan, man)")
         self.normalize = bool(self.data.get("normalize", True))
-        self.num_steps = int(self.model_cfg.get("num_clips", 16)) * int(self.model_cfg.get("frame_stride", 1))
+        self.num_steps = check_number(self.model_cfg, "num_clips", "model", 16, int, 1) * check_number(
+            self.model_cfg, "frame_stride", "model", 1, int, 1)
         self._clips: dict[str, torch.Tensor] = {}
         self._sentence_vectors: dict[str, torch.Tensor] = {}
         self.splits: dict[str, list[GroundingQuery]] = {}
@@ -99,6 +122,7 @@ class GroundingTask(Task):
             raise TalInputError(f"{path}: {len(missing)} video(s) of dataset.{split} have no features in "
                                 f"{self.cache.path} (e.g. {', '.join(missing[:3])}); extract or import them, or "
                                 f"point dataset.features at the right cache")
+        warn_duration_mismatch(path, queries, self.cache)
         return [GroundingQuery(q.video, q.duration, q.query,
                                (max(0.0, q.segment[0]), min(q.duration, q.segment[1]))) for q in queries]
 
