@@ -338,3 +338,44 @@ def test_containers_give_exact_frames(tmp_path, suffix, codec, fmt):
         demuxer = {"ts": "mpegts", "avi": "avi"}[suffix]
         with pytest.warns(UserWarning, match=f"decord may return wrong frames for {demuxer} containers"):
             open_video(path, "decord").close()
+
+
+def _vfr_video(path, segments):
+    """An H.264 mp4 whose frame k shows grey level 5 * k; `segments` = [(frames, fps), ...] in order."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"crf": "1", "bf": "0"}
+        t_ms, k = 0.0, 0
+        for frames, fps in segments:
+            for _ in range(frames):
+                image = np.full((48, 64, 3), (5 * k) % 250, np.uint8)
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts, frame.time_base = int(round(t_ms)), Fraction(1, 1000)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+                t_ms += 1000.0 / fps
+                k += 1
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def test_a_variable_frame_rate_video_is_sampled_by_presentation_time(tmp_path):
+    """40 frames at 30 fps (0-1.33 s) then 10 at 5 fps (1.33-3.33 s): at 2 fps, the frame shown at t = j / 2 s
+    is frame 30 t while t < 1.33 s and 40 + floor((t - 1.333) * 5) after; by frame count it would be far off."""
+    from tal.features.decode import iter_clips, probe_video
+
+    path = _vfr_video(tmp_path / "vfr.mp4", [(40, 30), (10, 5)])
+    info = probe_video(path, "pyav")
+    assert info.variable_rate and info.num_frames == 50
+    shown = [int(round(float(clip[0].mean()) / 5)) for _, clip in iter_clips(path, 1, 1, 2.0, "pyav")]
+    expected = [int(30 * j / 2) if j / 2 < 40 / 30 else 40 + int(np.floor((j / 2 - 40 / 30) * 5 + 1e-9))
+                for j in range(7)]
+    assert shown == expected == [0, 15, 30, 40, 43, 45, 48]  # by frame count (15 fps average): 0, 7, 15, 22, ...
+    cfr = _vfr_video(tmp_path / "cfr.mp4", [(30, 30)])
+    assert not probe_video(cfr, "pyav").variable_rate

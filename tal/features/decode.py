@@ -61,6 +61,7 @@ class VideoInfo:
     fps: float
     width: int
     height: int
+    variable_rate: bool = False  # frame intervals differ: frames are then sampled by presentation time
 
     @property
     def duration(self) -> float:
@@ -106,6 +107,10 @@ class VideoReader(ABC):
     @abstractmethod
     def close(self) -> None:
         """Free the decoder and the file."""
+
+    def frame_times(self) -> np.ndarray | None:
+        """Presentation time (s, from the first frame) of every frame, float64 [N]; None if unknown."""
+        return getattr(self, "_times", None)
 
     @abstractmethod
     def _iter_unique(self, indices: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
@@ -183,7 +188,10 @@ class _PyAVReader(VideoReader):
         if fps is None:
             raise VideoDecodeError(path, "the video stream has no frame rate")
         ctx = self._stream.codec_context
-        self.info = VideoInfo(str(path), num_frames, fps, int(ctx.width), int(ctx.height))
+        self._times = None if pts_sorted is None else \
+            (pts_sorted - pts_sorted[0]).astype(np.float64) * float(self._stream.time_base)  # [N] seconds
+        self.info = VideoInfo(str(path), num_frames, fps, int(ctx.width), int(ctx.height),
+                              is_variable_rate(self._times))
         self._decoded = None  # live decode iterator
         self._last = -1  # index of the frame the iterator produced last
 
@@ -343,7 +351,13 @@ class _DecordReader(VideoReader):
             if num_frames < 2 or span_s <= 0:
                 raise VideoDecodeError(path, "the video stream has no frame rate")
             fps = (num_frames - 1) / span_s
-        self.info = VideoInfo(str(path), num_frames, fps, int(first.shape[2]), int(first.shape[1]))
+        try:
+            stamps = np.asarray(self._vr.get_frame_timestamp(list(range(num_frames))), dtype=np.float64)  # [N, 2]
+            self._times = stamps[:, 0] - stamps[0, 0]
+        except (decord.DECORDError, RuntimeError, IndexError):
+            self._times = None
+        self.info = VideoInfo(str(path), num_frames, fps, int(first.shape[2]), int(first.shape[1]),
+                              is_variable_rate(self._times))
 
     @staticmethod
     def _to_numpy(batch: object) -> np.ndarray:
@@ -481,6 +495,43 @@ def resample_indices(num_frames: int, src_fps: float, target_fps: float | None) 
     return np.minimum(native, num_frames - 1)
 
 
+def is_variable_rate(times: np.ndarray | None, tolerance: float = 0.5) -> bool:
+    """Whether frame intervals differ by more than `tolerance` of their median (timestamp rounding of a
+    constant rate, e.g. 30000/1001 in a 1/90000 time base, stays far below it)."""
+    if times is None or len(times) < 3:
+        return False
+    gaps = np.diff(times)  # [N - 1]
+    median = float(np.median(gaps))
+    return median > 0 and float(np.abs(gaps - median).max()) > tolerance * median
+
+
+def resample_by_time(times: np.ndarray, target_fps: float) -> np.ndarray:
+    """Native frame index (int64 [M]) for a timeline at `target_fps` over frames shown at `times` (s).
+
+    Resampled frame j sits at j / target_fps and takes the last frame presented at or before it, so
+    a variable-frame-rate video is sampled where its frames really are. M counts the times inside the
+    video, whose last frame lasts one median interval; for a constant rate this is `resample_indices`.
+    """
+    if not _valid_fps(target_fps):
+        raise ValueError(f"target_fps must be positive, got {target_fps}")
+    gaps = np.diff(times)
+    end_s = float(times[-1]) + (float(np.median(gaps)) if len(gaps) else 1.0 / target_fps)
+    num_resampled = int(np.ceil(end_s * target_fps - 1e-6))
+    at = np.arange(num_resampled) / target_fps + 1e-9  # [M]
+    return np.clip(np.searchsorted(times, at, side="right") - 1, 0, len(times) - 1).astype(np.int64)
+
+
+def timeline(reader: "VideoReader", target_fps: float | None) -> np.ndarray:
+    """Native frame index of every frame of the (resampled) timeline features are computed on: by
+    presentation time for a variable-frame-rate video (at `target_fps`, or its average rate), by frame
+    count otherwise."""
+    info = reader.info
+    times = reader.frame_times()
+    if info.variable_rate and times is not None:
+        return resample_by_time(times, target_fps or info.fps)
+    return resample_indices(info.num_frames, info.fps, target_fps)
+
+
 def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
     """Start frame (int64 [K]) of every full window: 0, stride, ... while start + window <= num_frames."""
     if window < 1 or stride < 1:
@@ -499,7 +550,7 @@ def iter_clips(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield (feature index i, uint8 [window, H, W, 3]) for every full window, streaming.
 
-    Window i holds resampled frames [i*stride, i*stride + window) (see `resample_indices`). The
+    Window i holds resampled frames [i*stride, i*stride + window) (see `timeline`). The
     video is decoded forward once, `chunk` frames at a time; a frame is kept only while a window
     that contains it is still open, so memory is about (window + chunk) frames whatever the video's
     length. `size` resizes each frame's short side to `size` pixels as it is decoded. A video
@@ -508,7 +559,7 @@ def iter_clips(
     from tal.features.transforms import resize_short_side
 
     with open_video(path, decoder) as reader:
-        native = resample_indices(reader.info.num_frames, reader.info.fps, target_fps)  # [M]
+        native = timeline(reader, target_fps)  # [M]
         starts = window_starts(len(native), window, stride)  # [K]
         if starts.size == 0:
             return

@@ -154,6 +154,9 @@ class _ClipStream(torch.utils.data.IterableDataset):
                 raise decode.VideoDecodeError(job.path, "no such file")
             info = decode.probe_video(job.path, self.decoder)
             fps = self.fps or info.fps
+            if info.variable_rate:
+                print(f"tal extract-features: note: {job.path} has a variable frame rate: frames are sampled by "
+                      f"their presentation time at {fps:g} fps", file=sys.stderr)
             num_frames = len(decode.resample_indices(info.num_frames, info.fps, self.fps))
             if len(decode.window_starts(num_frames, self.window, self.stride)) == 0:
                 yield ("fail", job, f"shorter than one window ({num_frames} frames at {fps:g} fps < window "
