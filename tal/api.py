@@ -81,30 +81,32 @@ class _Predictor:
         return list(self.features.videos) if self.features is not None else []
 
     def _features_of(self, video: str | Path) -> tuple[Any, Any]:
-        """(features [T, D], FeatureMeta) of a cached id, or of a video file (extracted on first use)."""
+        """(features [T, D], FeatureMeta) of a video file (extracted on first use, again when the file changed)
+        or of a cached id."""
+        path = Path(video)
+        if path.is_file():
+            cache = self._extract(path)
+            vid = _video_key(path)
+            return cache.features(vid), cache.meta(vid)
         if self.features is not None and str(video) in self.features:
             vid = str(video)
             return self.features.features(vid), self.features.meta(vid)
-        path = Path(video)
-        if not path.is_file():
-            if self.features is None:
-                raise TalInputError(f"{video}: no such video file")
-            known = ", ".join(self.videos()[:3])
-            raise TalInputError(f"unknown video {str(video)!r}: not a video id of {self.features.path}"
-                                f"{' (e.g. ' + known + ')' if known else ''}, nor a video file")
-        cache = self._extract(path)
-        vid = _video_key(path)
-        return cache.features(vid), cache.meta(vid)
+        if self.features is None:
+            raise TalInputError(f"{video}: no such video file")
+        known = ", ".join(self.videos()[:3])
+        raise TalInputError(f"unknown video {str(video)!r}: not a video id of {self.features.path}"
+                            f"{' (e.g. ' + known + ')' if known else ''}, nor a video file")
 
     def _extract(self, path: Path) -> FeatureCache:
-        from tal.features.extract import ExtractSettings, VideoJob, extract_features
+        from tal.features.extract import ExtractSettings, VideoJob, extract_features, source_changed
         from tal.features.weights import inference_weights
 
         if not self.settings.get("backbone") or str(self.settings["backbone"]).startswith("synthetic"):
             raise TalInputError(f"{self.checkpoint} was trained on features with no extractor "
                                 f"({self.settings.get('backbone')!r}); give a feature cache instead of a video file")
         vid = _video_key(path)
-        if self._extracted is not None and vid in self._extracted:
+        if self._extracted is not None and vid in self._extracted and not source_changed(
+                self._extracted.source(vid), str(path)):
             return self._extracted
         if self._cache_path is None:
             self._tmp = self._tmp or tempfile.TemporaryDirectory(prefix="tal-features-")
@@ -116,7 +118,7 @@ class _Predictor:
                                    weights=inference_weights(self.settings, self.weights, self.checkpoint),
                                    fps=None if fps in (None, "native") else float(fps),
                                    window=self.settings.get("window"), stride=self.settings.get("stride"),
-                                   workers=0, device=str(self.device))
+                                   workers=0, device=str(self.device), overwrite=True)
         result = extract_features([VideoJob(vid, str(path))], out, settings, progress=self.progress)
         if result.failures:
             raise TalInputError(f"{path}: feature extraction failed: {result.failures[0]['reason']}")
@@ -209,6 +211,9 @@ class MomentRetriever(_Predictor):
     def _video_clips(self, video: str | Path) -> tuple[torch.Tensor, float]:
         """The head's input for a video and its duration, computed once per video (the last 1024 are kept)."""
         key = str(video)
+        if Path(video).is_file():  # a changed file is a new key: its features are extracted again
+            stat = Path(video).stat()
+            key = f"{_video_key(Path(video))}|{stat.st_size}|{stat.st_mtime_ns}"
         if key not in self._clip_cache:
             features, meta = self._features_of(video)
             if len(self._clip_cache) >= 1024:

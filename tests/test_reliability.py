@@ -218,3 +218,58 @@ def test_annotation_durations_unlike_the_cache_are_warned(world, tmp_path, capsy
     assert main(_train(world, f"dataset.train={bad}", "--work-dir", str(tmp_path / "r"))) == 0
     err = capsys.readouterr().err
     assert f"tal: warning: {bad}: " in err and "have annotated durations unlike the feature cache's" in err
+
+
+def _flip_data_bytes(path: Path, vid: str) -> None:
+    """Damage a video's stored array in place (its bytes in the file), as a bad disk would."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        offset = f[vid].id.get_offset()
+    with open(path, "r+b") as f:
+        f.seek(offset + 16)
+        chunk = f.read(8)
+        f.seek(offset + 16)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+def test_damaged_cache_data_is_found_and_extracted_again(sample_videos, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    args = ["extract-features", str(sample_videos[2]), str(sample_videos[3]), "--out", str(out), "--backbone",
+            "handcrafted", "--workers", "0"]
+    assert main(args) == 0
+    assert main(["features", "info", str(out), "--verify"]) == 0
+    assert "checksums       verified (0 videos have none recorded)" in capsys.readouterr().out
+    vid = sample_videos[2].stem
+    _flip_data_bytes(out, vid)
+    assert main(["features", "info", str(out)]) == 0  # the values are still finite: only the checksum tells
+    assert main(["features", "info", str(out), "--verify"]) == 1
+    assert f"1 videos have damaged data (checksum mismatch): re-extract them: {vid}" in capsys.readouterr().out
+    assert main(args) == 0
+    assert f"1 video(s) have damaged data (checksum mismatch): extracting them again: {vid}" in capsys.readouterr().err
+    assert main(["features", "info", str(out), "--verify"]) == 0
+
+
+def test_another_file_under_a_finished_id_is_refused_or_extracted_again(sample_videos, tmp_path, capsys):
+    from tal.features.cache import open_feature_cache
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "clip.mp4", tmp_path / "b" / "clip.mp4"
+    first.write_bytes(sample_videos[2].read_bytes())
+    second.write_bytes(sample_videos[0].read_bytes())
+    out = tmp_path / "f.h5"
+    base = ["--out", str(out), "--backbone", "handcrafted", "--workers", "0"]
+    assert main(["extract-features", str(first), *base]) == 0
+    with open_feature_cache(out) as cache:
+        before = cache.features("clip")
+        assert cache.source("clip")["source_size"] == first.stat().st_size
+    assert main(["extract-features", str(first), *base]) == 0  # the same file: already done
+    assert "0 new, 1 already done" in capsys.readouterr().err
+    assert main(["extract-features", str(second), *base]) == 2
+    assert f"1 video id(s) were extracted from another file than the one given now: 'clip' ({second}); pass " \
+           f"--overwrite" in capsys.readouterr().err
+    assert main(["extract-features", str(second), *base, "--overwrite"]) == 0
+    with open_feature_cache(out) as cache:
+        assert cache.features("clip").shape != before.shape or not np.array_equal(cache.features("clip"), before)
+        assert cache.source("clip")["source_size"] == second.stat().st_size

@@ -226,3 +226,16 @@ def test_detect_keeps_the_json_when_the_plots_cannot_be_written(walkthrough, tmp
     code = main(["detect", "--checkpoint", str(walkthrough["detector"]), "bikes", "--features",
                  str(walkthrough["features"]), "--score-threshold", "nan"])
     assert code == 2 and "--score-threshold must be a number, got nan" in capsys.readouterr().err
+
+
+def test_a_changed_video_file_is_extracted_again(walkthrough, tmp_path):
+    """`tal detect --features CACHE clip.mp4` after clip.mp4 was replaced answers for the new content."""
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(walkthrough["videos"]["carphone_pristine"].read_bytes())
+    cache = tmp_path / "kept.h5"
+    detector = tal.ActionDetector.from_checkpoint(walkthrough["detector"], cache=cache)
+    first = detector.detect(clip)
+    assert first == detector.detect(walkthrough["videos"]["carphone_pristine"])
+    clip.write_bytes(walkthrough["videos"]["bikes"].read_bytes())
+    again = tal.ActionDetector.from_checkpoint(walkthrough["detector"], features=cache, cache=cache).detect(clip)
+    assert again == detector.detect(walkthrough["videos"]["bikes"]) and again != first

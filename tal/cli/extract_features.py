@@ -55,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=2, metavar="N",
                    help="decoding processes (0 = decode in the main process; default 2)")
     add_device(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="extract again the videos already in --out whose file changed since (refused otherwise)")
     p.add_argument("--list-backbones", action="store_true", help="list the backbones and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     if not jobs:
         raise TalInputError("no videos: give video files or --video-list FILE")
     settings = ExtractSettings(args.backbone, args.weights, args.fps, args.window, args.stride, args.batch_size,
-                               args.decoder, args.workers, args.device)
+                               args.decoder, args.workers, args.device, args.overwrite)
     result = extract_features(jobs, args.out, settings, progress=False if args.no_progress else None)
     if result.rank == 0:
         msg = (f"tal extract-features: {result.out}: {count(result.num_videos, 'video')} ({result.num_new} new, "

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("file", metavar="FILE", help="the .h5 feature cache")
     info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     info.add_argument("--no-values", action="store_true", help="do not read the arrays (no NaN/Inf check)")
+    info.add_argument("--verify", action="store_true",
+                      help="also compare every video's data with the checksum recorded when it was written")
     info.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
@@ -61,11 +63,14 @@ def format_report(r: dict) -> str:
             lines.append(f"{key:<16}{a[key]}")
     if not r["values_checked"]:
         lines.append("values          not checked (--no-values)")
+    if r["verified"]:
+        lines.append(f"checksums       verified ({len(r['unverified_videos'])} videos have none recorded)")
     if r["problems"]:
         lines.append("problems:")
         details = {"videos contain NaN/Inf": r["nonfinite_videos"], "zero features": r["empty_videos"],
                    "lack fps/stride": r["videos_missing_attrs"], "are groups": r["groups"],
-                   "cannot be read": r["unreadable_videos"], "not 2-D": r["bad_shape"]}
+                   "cannot be read": r["unreadable_videos"], "not 2-D": r["bad_shape"],
+                   "damaged data": r["damaged_videos"]}
         for problem in r["problems"]:
             shown = next((v for k, v in details.items() if k in problem), [])
             lines.append(f"  - {problem}" + (f": {_values(shown)}" if shown else ""))
@@ -77,6 +82,6 @@ def format_report(r: dict) -> str:
 def run_info(args: argparse.Namespace) -> int:
     from tal.features.cache import inspect_feature_cache
 
-    report = inspect_feature_cache(args.file, check_values=not args.no_values)
+    report = inspect_feature_cache(args.file, check_values=not args.no_values, verify=args.verify)
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return 1 if report["problems"] else 0

@@ -33,6 +33,8 @@ from tal.errors import TalInputError
 from tal.tempfiles import remove_stale_temp_files
 
 VIDEO_ATTRS = ("fps", "stride", "window", "duration")
+SOURCE_ATTRS = {"source_size": int, "source_mtime_ns": int, "source_sha256": str}  # the video file, when extracted
+DIGEST_ATTR = "data_sha256"  # sha256 of the stored array's bytes, written with every video
 FORMAT_TAG = "tal-feature-cache/1"
 # Settings that change the numbers: a resumed extraction must match the existing file on all of them.
 IDENTITY_KEYS = ("backbone", "weights", "fps", "window", "stride", "decoder")
@@ -247,6 +249,21 @@ class FeatureCache:
             )
         return arr.astype(np.float32, copy=False)
 
+    def source(self, vid: str) -> dict:
+        """What the cache recorded of the video file `vid` was extracted from (size, mtime, sha256); {} if none."""
+        attrs = self._dataset(vid).attrs
+        return {k: kind(_native(attrs[k])) for k, kind in SOURCE_ATTRS.items() if k in attrs}
+
+    def intact(self, vid: str) -> bool | None:
+        """Whether `vid`'s stored data still has its recorded checksum (None: none was recorded)."""
+        ds = self._dataset(vid)
+        if DIGEST_ATTR not in ds.attrs:
+            return None
+        try:
+            return data_digest(ds[()]) == _native(ds.attrs[DIGEST_ATTR])
+        except OSError:
+            return False
+
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
             self._h5.close()
@@ -293,7 +310,13 @@ def _check_item(vid: str, features: np.ndarray, meta: dict, where: str) -> tuple
     clean = {"fps": float(meta["fps"]), "stride": int(meta["stride"]), "window": int(meta["window"]),
              "duration": float(meta["duration"])}
     _meta_from_attrs(clean, arr.shape, f"{where}: video {vid!r}")
+    clean.update({k: kind(meta[k]) for k, kind in SOURCE_ATTRS.items() if meta.get(k) is not None})
     return arr, clean
+
+
+def data_digest(arr: np.ndarray) -> str:
+    """sha256 of an array's bytes (C order): what `DIGEST_ATTR` records."""
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
 
 
 def _now() -> str:
@@ -340,8 +363,10 @@ def _fill_h5(tmp: Path, out: Path, items: Iterable[tuple[str, np.ndarray, dict]]
                 raise TalInputError(f"{out}: video {vid!r} has feature dimension {arr.shape[1]}, others have {dim}")
             dim = dim or arr.shape[1]
             ds = dst.create_dataset(name, data=arr)
-            for k in VIDEO_ATTRS:
-                ds.attrs[k] = meta[k]
+            for k in (*VIDEO_ATTRS, *SOURCE_ATTRS):
+                if k in meta:
+                    ds.attrs[k] = meta[k]
+            ds.attrs[DIGEST_ATTR] = data_digest(arr)
             seen.add(vid)
             count += 1
         if copy_from is not None and copy_from.exists():
@@ -391,6 +416,8 @@ class FeatureCacheWriter:
         self.attrs = dict(attrs)
         want = _identity(self.attrs)
         self._existing: set[str] = set()
+        self.damaged: list[str] = []  # videos of the existing file whose data no longer has its checksum
+        self.sources: dict[str, dict] = {}  # video -> the source file it was extracted from, as recorded
         self._created: str | None = None
         if self.path.exists():
             with self._open_existing() as cache:
@@ -400,7 +427,9 @@ class FeatureCacheWriter:
                         f"{self.path} was made with other settings ({'; '.join(diff)}); re-run with the same "
                         f"settings to add videos to it, or choose another --out"
                     )
-                self._existing = set(cache.videos)
+                self.damaged = sorted(vid for vid in cache.videos if cache.intact(vid) is False)
+                self._existing = set(cache.videos) - set(self.damaged)
+                self.sources = {vid: cache.source(vid) for vid in self._existing}
                 self._created = cache.attrs.get("created")
         settings = self.parts / "settings.json"
         if settings.exists():
@@ -451,8 +480,24 @@ class FeatureCacheWriter:
             yield vid, npy, meta_path
 
     def done(self) -> set[str]:
-        """Video ids already finished: in the final file or in a complete part."""
+        """Video ids already finished: in the final file (data intact) or in a complete part."""
         return self._existing | {vid for vid, _, _ in self._part_records()}
+
+    def part_source(self, vid: str) -> dict:
+        """The recorded source of a video finished in a part (see `FeatureCache.source`)."""
+        for part_vid, _, meta_path in self._part_records():
+            if part_vid == vid:
+                meta = json.loads(meta_path.read_text())
+                return {k: kind(meta[k]) for k, kind in SOURCE_ATTRS.items() if k in meta}
+        return {}
+
+    def forget(self, vid: str) -> None:
+        """Extract `vid` again: drop its part; the new one replaces the final file's copy at finalize."""
+        self._existing.discard(vid)
+        for part_vid, npy, meta_path in list(self._part_records()):
+            if part_vid == vid:
+                meta_path.unlink(missing_ok=True)
+                npy.unlink(missing_ok=True)
 
     def add(self, vid: str, features: np.ndarray, meta: dict) -> None:
         """Store one finished video as a part (atomic: it exists only once complete)."""
@@ -507,9 +552,10 @@ class FeatureCacheWriter:
 # Inspection (`tal features info`)
 
 
-def inspect_feature_cache(path: str | Path, check_values: bool = True) -> dict:
+def inspect_feature_cache(path: str | Path, check_values: bool = True, verify: bool = False) -> dict:
     """Everything `tal features info` reports, as a JSON-ready dict (reads every dataset when
-    `check_values`); problems are listed, not raised, so it also describes broken or foreign files."""
+    `check_values`, and compares it with its recorded checksum when `verify`); problems are listed, not
+    raised, so it also describes broken or foreign files."""
     import h5py
 
     path = Path(path)
@@ -524,6 +570,7 @@ def inspect_feature_cache(path: str | Path, check_values: bool = True) -> dict:
         }
         dims, dtypes, fps, strides, windows = set(), set(), set(), set(), set()
         nonfinite, empty, missing_attrs, not_datasets, bad_shape, unreadable = [], [], [], [], [], []
+        damaged, unverified = [], []
         for name in h5.keys():
             vid = video_id(name)
             obj = h5.get(name)
@@ -546,12 +593,18 @@ def inspect_feature_cache(path: str | Path, check_values: bool = True) -> dict:
                 fps.add(float(obj.attrs["fps"]))
                 strides.add(int(obj.attrs["stride"]))
                 windows.add(int(obj.attrs["window"]))
-            if check_values and t:
+            if (check_values or verify) and t:
                 try:
-                    if not np.isfinite(obj[()]).all():
-                        nonfinite.append(vid)
+                    values = obj[()]
                 except OSError:
                     unreadable.append(vid)
+                    continue
+                if not np.isfinite(values).all():
+                    nonfinite.append(vid)
+                if verify and DIGEST_ATTR not in obj.attrs:
+                    unverified.append(vid)
+                elif verify and data_digest(values) != _native(obj.attrs[DIGEST_ATTR]):
+                    damaged.append(vid)
     report.update(feature_dims=sorted(dims), dtypes=sorted(dtypes), fps=sorted(fps), stride=sorted(strides),
                   window=sorted(windows))
     missing_file_attrs = [k for k in ("backbone", "tal_version") if k not in attrs]
@@ -572,9 +625,12 @@ def inspect_feature_cache(path: str | Path, check_values: bool = True) -> dict:
         problems.append(f"{len(nonfinite)} videos contain NaN/Inf")
     if unreadable:
         problems.append(f"{len(unreadable)} videos cannot be read (truncated file)")
+    if damaged:
+        problems.append(f"{len(damaged)} videos have damaged data (checksum mismatch): re-extract them")
     report.update(
         values_checked=check_values, problems=problems, missing_file_attrs=missing_file_attrs,
         nonfinite_videos=sorted(nonfinite), empty_videos=sorted(empty), videos_missing_attrs=sorted(missing_attrs),
         groups=sorted(not_datasets), bad_shape=sorted(bad_shape), unreadable_videos=sorted(unreadable),
+        verified=verify, damaged_videos=sorted(damaged), unverified_videos=sorted(unverified),
     )
     return report

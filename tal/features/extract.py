@@ -49,6 +49,7 @@ class ExtractSettings:
     decoder: str = "auto"
     workers: int = 2
     device: str = "auto"
+    overwrite: bool = False  # extract again the videos whose source file changed since they were extracted
 
 
 @dataclass
@@ -179,10 +180,35 @@ class _ClipStream(torch.utils.data.IterableDataset):
                 yield ("fail", job, "no complete window could be decoded (truncated video?)")
                 return
             yield ("end", job, {"fps": float(fps), "stride": self.stride, "window": self.window,
-                                "duration": float(info.duration), "num_features": count})
+                                "duration": float(info.duration), "num_features": count,
+                                **source_identity(job.path)})
         except Exception as exc:  # one bad video must not stop the others; the reason is reported
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
             yield ("fail", job, str(reason))
+
+
+def source_identity(path: str, with_hash: bool = True) -> dict:
+    """What identifies a video file: size, mtime (ns) and, when `with_hash`, the sha256 of its bytes."""
+    from tal.features.weights import sha256_of
+
+    stat = os.stat(path)
+    out = {"source_size": int(stat.st_size), "source_mtime_ns": int(stat.st_mtime_ns)}
+    if with_hash:
+        out["source_sha256"] = sha256_of(path)
+    return out
+
+
+def source_changed(recorded: dict, path: str) -> bool:
+    """Whether `path` is not the file a video was extracted from (size, else content when mtime moved);
+    False when nothing was recorded (imported features)."""
+    if not recorded or not os.path.exists(path):
+        return False
+    now = source_identity(path, with_hash=False)
+    if now["source_size"] != recorded.get("source_size"):
+        return True
+    if now["source_mtime_ns"] == recorded.get("source_mtime_ns"):
+        return False
+    return "source_sha256" in recorded and source_identity(path)["source_sha256"] != recorded["source_sha256"]
 
 
 def _init_worker(worker_id: int) -> None:
@@ -277,6 +303,10 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
         if dist.active:
             torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
         try:
+            if dist.rank == 0 and writer.damaged:
+                print(f"tal extract-features: {out}: {len(writer.damaged)} video(s) have damaged data (checksum "
+                      f"mismatch): extracting them again: {', '.join(writer.damaged[:5])}", file=sys.stderr)
+            _check_sources(jobs, writer, settings.overwrite, out)
             done = writer.done()
             mine = [job for job in jobs[dist.rank::dist.world_size] if job.video_id not in done]
             num_skipped = sum(job.video_id in done for job in jobs)
@@ -300,6 +330,19 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
         finally:
             if dist.active:
                 torch.distributed.destroy_process_group()
+
+
+def _check_sources(jobs: list[VideoJob], writer, overwrite: bool, out: Path) -> None:
+    """A finished video id whose file changed since: refused (naming them), or extracted again with overwrite."""
+    done = writer.done()
+    changed = [job for job in jobs if job.video_id in done and source_changed(
+        writer.sources.get(job.video_id) or writer.part_source(job.video_id), job.path)]
+    if changed and not overwrite:
+        shown = ", ".join(f"{job.video_id!r} ({job.path})" for job in changed[:5])
+        raise TalInputError(f"{out}: {len(changed)} video id(s) were extracted from another file than the one given "
+                            f"now: {shown}; pass --overwrite to extract them again, or give them other ids")
+    for job in changed:
+        writer.forget(job.video_id)
 
 
 def window_notes(spec, window: int) -> list[str]:
