@@ -273,3 +273,42 @@ def test_another_file_under_a_finished_id_is_refused_or_extracted_again(sample_v
     with open_feature_cache(out) as cache:
         assert cache.features("clip").shape != before.shape or not np.array_equal(cache.features("clip"), before)
         assert cache.source("clip")["source_size"] == second.stat().st_size
+
+
+@pytest.mark.parametrize("always", [False, True], ids=["killed-once", "killed-every-time"])
+def test_a_killed_decoding_worker_fails_at_most_its_video(sample_videos, tmp_path, monkeypatch, capsys, always):
+    """The worker decoding 'killme' is SIGKILLed (as the OOM killer would): once, the video is decoded again
+    and every video lands; every time, that video alone fails with the reason and the others land."""
+    import signal
+
+    from tal.features import decode
+    from tal.features.cache import open_feature_cache
+
+    videos = []
+    for i, name in enumerate(["a", "killme", "b", "c"]):
+        videos.append(tmp_path / f"{name}.mp4")
+        videos[-1].write_bytes(sample_videos[2 + i % 2].read_bytes())
+    marker = tmp_path / "killed_once"
+    real = decode.iter_clips
+
+    def dying(path, *args, **kwargs):
+        if "killme" in str(path) and (always or not marker.exists()):
+            marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(decode, "iter_clips", dying)
+    out = tmp_path / "f.h5"
+    code = main(["extract-features", *map(str, videos), "--out", str(out), "--backbone", "handcrafted",
+                 "--workers", "2"])
+    err = capsys.readouterr().err
+    assert "a decoding worker died" in err and "again one at a time" in err
+    with open_feature_cache(out) as cache:
+        assert cache.videos == (["a", "b", "c"] if always else ["a", "b", "c", "killme"])
+    if always:
+        assert code == 1
+        failed = [json.loads(line) for line in (tmp_path / "f.h5.failures.jsonl").read_text().splitlines()]
+        assert [f["video"] for f in failed] == ["killme"]
+        assert failed[0]["reason"].startswith("its decoding worker died while decoding it (DataLoader worker")
+    else:
+        assert code == 0

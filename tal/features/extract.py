@@ -366,23 +366,40 @@ def decode_size(spec) -> int | None:
 
 def _run(jobs: list[VideoJob], backbone, writer, fail_log: Path, fps, window, stride, decoder,
          settings: ExtractSettings, progress: bool | None) -> list[dict]:
-    """Extract `jobs` into parts; returns this process's failures (also appended to `fail_log`)."""
+    """Extract `jobs` into parts; returns this process's failures (also appended to `fail_log`).
+
+    A decoding worker that dies (killed, out of memory, a crash in FFmpeg) does not stop the run: the
+    videos it may have held are decoded again one at a time in a fresh worker, and a video whose worker
+    dies then is failed alone; the other videos go on.
+    """
     from tqdm import tqdm
 
-    stream = _ClipStream(jobs, window, stride, fps, decoder, settings.batch_size,
-                         getattr(backbone, "preprocessor", backbone.preprocess), decode_size(backbone.spec))
+    preprocess = getattr(backbone, "preprocessor", backbone.preprocess)
     failures: list[dict] = []
-    pending: dict[str, list[np.ndarray]] = {}
+    ended: set[str] = set()  # finished or failed
     bar = tqdm(total=len(jobs), unit="video", file=sys.stderr, disable=None if progress is None else not progress,
                dynamic_ncols=True, desc=f"extract {backbone.spec.name}")
-    num_clips = 0
-    start = time.perf_counter()
-    with bar, fail_log.open("w", encoding="utf-8") as log:
-        for kind, job, payload in _iter_stream(stream, settings.workers):
+    clips = {"count": 0, "start": time.perf_counter()}
+
+    def fail(log, job: VideoJob, reason: str) -> None:
+        record = {"video": job.video_id, "path": job.path, "reason": reason}
+        failures.append(record)
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        ended.add(job.video_id)
+        tqdm.write(f"tal extract-features: failed {job.video_id} ({job.path}): {reason}", file=sys.stderr)
+        bar.update(1)
+
+    def consume(log, todo: list[VideoJob], workers: int) -> None:
+        pending: dict[str, list[np.ndarray]] = {}
+        stream = _ClipStream(todo, window, stride, fps, decoder, settings.batch_size, preprocess,
+                             decode_size(backbone.spec))
+        for kind, job, payload in _iter_stream(stream, workers):
             if kind == "clips":
                 pending.setdefault(job.video_id, []).append(backbone(payload).float().numpy())
-                num_clips += len(payload)
-                bar.set_postfix(clips=num_clips, clips_per_s=f"{num_clips / (time.perf_counter() - start):.2f}")
+                clips["count"] += len(payload)
+                bar.set_postfix(clips=clips["count"],
+                                clips_per_s=f"{clips['count'] / (time.perf_counter() - clips['start']):.2f}")
                 continue
             chunks = pending.pop(job.video_id, [])
             if kind == "end":
@@ -391,13 +408,32 @@ def _run(jobs: list[VideoJob], backbone, writer, fail_log: Path, fps, window, st
                     raise RuntimeError(f"{job.video_id}: {features.shape[0]} features for "
                                        f"{payload['num_features']} clips")
                 writer.add(job.video_id, features, payload)
+                ended.add(job.video_id)
+                bar.update(1)
             else:
-                record = {"video": job.video_id, "path": job.path, "reason": payload}
-                failures.append(record)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                tqdm.write(f"tal extract-features: failed {job.video_id} ({job.path}): {payload}", file=sys.stderr)
-            bar.update(1)
+                fail(log, job, payload)
+
+    suspects: list[VideoJob] = []
+    with bar, fail_log.open("w", encoding="utf-8") as log:
+        while True:
+            todo = [job for job in jobs if job.video_id not in ended]
+            if not todo:
+                break
+            alone = suspects.pop(0) if suspects else None
+            try:
+                consume(log, [alone] if alone else todo, min(settings.workers, 1) if alone else settings.workers)
+            except RuntimeError as exc:
+                if "DataLoader worker" not in str(exc):
+                    raise
+                reason = str(exc).splitlines()[0]
+                if alone is not None:
+                    fail(log, alone, f"its decoding worker died while decoding it ({reason})")
+                    continue
+                shares = min(settings.workers, len(todo))
+                suspects = [next(j for j in todo[w::shares] if j.video_id not in ended)
+                            for w in range(shares) if any(j.video_id not in ended for j in todo[w::shares])]
+                tqdm.write(f"tal extract-features: a decoding worker died ({reason}); decoding "
+                           f"{', '.join(j.video_id for j in suspects)} again one at a time", file=sys.stderr)
     return failures
 
 
