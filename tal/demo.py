@@ -34,7 +34,8 @@ GROUNDING_CONFIG = {
     "dataset": {"normalize": True},
     "model": {"name": "2dtan", "num_clips": 16, "hidden_dim": 32, "prop": "pool", "map_kernel": 3, "map_layers": 2,
               "loss": {"min_iou": 0.5, "max_iou": 1.0},
-              "text": {"encoder": "lstm", "embed_dim": 32, "hidden_dim": 64, "num_layers": 1}},
+              "text": {"encoder": "lstm", "word_vectors": "learned", "embed_dim": 32, "hidden_dim": 64,
+                       "num_layers": 1}},  # no GloVe: synthetic sentences, learned word embeddings
     "train": {"epochs": 40, "batch_size": 16, "lr": 0.005, "optimizer": "adam", "schedule": "cosine",
               "warmup_epochs": 1, "clip_grad_norm": 10.0},
     "eval": {"nms": 0.5, "top_k": 5, "recall": [1, 5], "iou": [0.3, 0.5, 0.7], "interval": 10},

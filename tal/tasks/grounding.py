@@ -21,7 +21,8 @@ from tal.errors import TalInputError
 from tal.eval.grounding import evaluate_grounding
 from tal.features.cache import FeatureCache, open_feature_cache
 from tal.models.layers import average_to_num_clips
-from tal.models.text import Vocabulary, tokenize
+from tal.models.text import LEARNED, Vocabulary, get_tokenizer
+from tal.models.word_vectors import GLOVE_HINT
 from tal.registry import MODELS, TASKS
 from tal.tasks.base import Task, check_section, require_files
 
@@ -54,6 +55,8 @@ class GroundingTask(Task):
         self.model_cfg = dict(cfg.get("model") or {})
         if self.model_cfg.get("name") not in ("2dtan", "man"):
             raise TalInputError(f"model {self.model_cfg.get('name')!r} is not a grounding head (2dtan, man)")
+        self.text_cfg = dict(self.model_cfg.get("text") or {})
+        self.tokenize = get_tokenizer(self.text_cfg.get("tokenizer", "split"))
         self.normalize = bool(self.data.get("normalize", True))
         self.num_steps = int(self.model_cfg.get("num_clips", 16)) * int(self.model_cfg.get("frame_stride", 1))
         self._clips: dict[str, torch.Tensor] = {}
@@ -61,7 +64,26 @@ class GroundingTask(Task):
         self.splits: dict[str, list[GroundingQuery]] = {}
         self.cache: FeatureCache | None = None
         if meta is None:
+            self._check_text_input()
             self._load_data()
+
+    def _check_text_input(self) -> None:
+        """An LSTM reads GloVe unless learned embeddings are asked for by name (2D-TAN always reads GloVe)."""
+        if self.text_cfg.get("encoder", "lstm") == "lstm" and not self.text_cfg.get("word_vectors"):
+            raise TalInputError(f"model.text.word_vectors is not set: 2D-TAN reads frozen GloVe 6B 300-d vectors; "
+                                f"{GLOVE_HINT}")
+
+    def text_input(self) -> str:
+        """What the sentence encoder reads, in words, for the log."""
+        text = self.text_cfg
+        if text.get("encoder", "lstm") != "lstm":
+            return f"text: {text.get('encoder')} sentence vectors"
+        tokenizer = f"tokenizer {text.get('tokenizer', 'split')}"
+        if text.get("word_vectors") in (None, LEARNED):
+            return f"text: learned word embeddings, NO GloVe (model.text.word_vectors=learned); {tokenizer}"
+        vocabulary = text.get("vocabulary", "glove")
+        scope = "every GloVe word" if vocabulary == "glove" else "the training words' GloVe rows"
+        return f"text: frozen GloVe vectors from {text['word_vectors']} ({scope}); {tokenizer}"
 
     # ------------------------------------------------------------------ data
     def _load_data(self) -> None:
@@ -82,10 +104,12 @@ class GroundingTask(Task):
                                 f"drop model.input_dim (it is read from the cache) or use matching features")
         self.model_cfg["input_dim"] = dim
         self.meta = {"features": feature_settings(self.cache), "input_dim": dim, "num_steps": self.num_steps}
-        text = self.model_cfg.get("text") or {}
-        if text.get("encoder", "lstm") == "lstm" and not text.get("vocab"):
+        text = self.text_cfg
+        reads_table = text.get("word_vectors") not in (None, LEARNED) and text.get("vocabulary", "glove") == "glove"
+        if text.get("encoder", "lstm") == "lstm" and not text.get("vocab") and not reads_table:
             sentences = [q.query for q in self.splits["train"]]
-            vocab = Vocabulary.from_sentences(sentences, min_count=int(text.get("min_count", 1)))
+            vocab = Vocabulary.from_sentences(sentences, min_count=int(text.get("min_count", 1)),
+                                              tokenizer=text.get("tokenizer", "split"))
             self.meta["vocab"] = vocab.tokens
 
     def _load_split(self, split: str) -> list[GroundingQuery]:
@@ -138,7 +162,7 @@ class GroundingTask(Task):
                    segments_s: list[tuple[float, float]] | None = None) -> dict:
         """A batch in the grounding heads' contract (tal.models.tan2d / tal.models.man)."""
         for sentence in sentences:
-            if not tokenize(sentence):
+            if not self.tokenize(sentence):
                 raise TalInputError(f"query {sentence!r} has no words")
         batch = self.text_inputs(model, sentences)
         unique = list({id(c): c for c in clips}.values())  # queries about one video share its clips tensor
@@ -168,6 +192,22 @@ class GroundingTask(Task):
         if split not in self.splits:
             raise TalInputError(f"dataset.{split} is not set")
         return self.splits[split]
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module, split: str, device: torch.device) -> float:
+        """Mean over batches of eval.batch_size of the loss in eval mode, as 2D-TAN's val loss."""
+        from tal.tasks.base import to_device
+
+        model.eval()
+        queries = self.split_queries(split)
+        size = int(self.eval_cfg.get("batch_size", 32))
+        losses = []
+        for start in range(0, len(queries), size):
+            chunk = queries[start:start + size]
+            batch = self.make_batch(model, [self._clips_of(q.video) for q in chunk], [q.query for q in chunk],
+                                    [q.duration for q in chunk], [q.segment for q in chunk])
+            losses.append(float(model(to_device(batch, device))["loss"]))
+        return float(np.mean(losses))
 
     @torch.no_grad()
     def predict(self, model: nn.Module, split: str, device: torch.device) -> list[dict]:
@@ -208,6 +248,11 @@ class GroundingTask(Task):
     def val_split(self) -> str:
         return "val" if "val" in self.splits else "test"
 
+    @property
+    def selected_on_test(self) -> bool:
+        return "val" not in self.splits and not self.data.get("val")
+
     def describe(self) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in self.splits.items())
-        return f"grounding: {counts} queries; {self.meta.get('input_dim')}-d features -> {self.num_steps} clips"
+        return (f"grounding: {counts} queries; {self.meta.get('input_dim')}-d features -> {self.num_steps} clips; "
+                f"{self.text_input()}")
