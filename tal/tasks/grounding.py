@@ -231,7 +231,7 @@ class GroundingTask(Task):
         truth = np.asarray([row["segment"] for row in predictions], dtype=np.float64)
         result = evaluate_grounding(moments, truth, recalls=self.eval_cfg.get("recall", (1, 5)),
                                     ious=self.eval_cfg.get("iou", (0.3, 0.5, 0.7)),
-                                    nms_threshold=float(self.eval_cfg.get("nms", 0.5)),
+                                    nms_threshold=None,  # the decoder ran the one NMS (rank_moments)
                                     iou_ge=bool(self.eval_cfg.get("iou_ge", False)))
         return result.to_json()
 
