@@ -4,12 +4,12 @@ Keys: `optimizer` (adamw | adam | sgd), `lr`, `weight_decay`, `momentum` (sgd), 
 (constant | cosine | step | plateau), `warmup_epochs` (linear warm-up from 0, per step), `milestones` and
 `gamma` (step: multiply by gamma after each listed epoch), `plateau_factor`, `plateau_patience` and
 `plateau_watch` (plateau: multiply by the factor when the watched value has not improved for more than
-`patience` evaluations in a row, as torch's ReduceLROnPlateau). `plateau_watch: val_loss` (set by the
-grounding benchmark configs) is 2D-TAN's (moment_localization/train.py): ReduceLROnPlateau(factor 0.8, patience 20, mode "min",
-threshold 1e-4 relative) stepped with the NEGATED validation loss, so the LR drops when the validation
-loss has not risen above 0.9999 x its highest value for `patience` + 1 evaluations (a sign quirk of the
-official code, kept). `plateau_watch: metric` (the default) is tal's: eval.metric, higher is better, any
-rise counts.
+`patience` evaluations in a row, as torch's ReduceLROnPlateau).
+`plateau_watch: val_loss` (set by the grounding benchmark configs) is 2D-TAN's (moment_localization/
+train.py): ReduceLROnPlateau(factor 0.8, patience 20, mode "min", threshold 1e-4 relative) stepped
+with the NEGATED validation loss, so the LR drops when the validation loss has not risen above 0.9999 x
+its highest value for `patience` + 1 evaluations (a sign quirk of the official code, kept).
+`plateau_watch: metric` (the default) is tal's: eval.metric, higher is better, any rise counts.
 Both read the validation split only; a run without one refuses the plateau schedule.
 The schedule is stepped once per batch, so its state in a checkpoint resumes exactly.
 """

@@ -8,8 +8,8 @@ validation metric (`eval.metric`) improved. At the end the best checkpoint predi
 `predictions.json(l)` and `metrics.json` (what `tal evaluate` would print for them).
 
 train keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, schedule, warmup_epochs,
-milestones, gamma, plateau_factor, plateau_patience, plateau_watch (tal.engine.optim), clip_grad_norm (default 1.0; 0 turns
-it off), amp (CUDA mixed precision), log_interval.
+milestones, gamma, plateau_factor, plateau_patience, plateau_watch (tal.engine.optim), clip_grad_norm
+(default 1.0; 0 turns it off), amp (CUDA mixed precision), log_interval.
 `--resume` continues from checkpoint_last.pt; the result equals an uninterrupted run with the same seed.
 """
 from __future__ import annotations

@@ -34,7 +34,7 @@ GLOVE_HINT = ("GloVe is published on the Stanford NLP GloVe page (nlp.stanford.e
               "glove.6B.zip, which holds glove.6B.300d.txt; set model.text.word_vectors to that file or the zip, "
               "or model.text.word_vectors=learned to train word embeddings without GloVe")
 CACHE_VERSION = 1
-CHUNK_LINES = 20_000
+CHUNK_LINES = 4096  # lines parsed at once: bounds the first read's memory (about 50 MB at 300-d)
 
 
 class WordVectors:
