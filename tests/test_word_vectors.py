@@ -110,3 +110,15 @@ def test_glove_vocabulary_refuses_learned_missing_words(tmp_path):
     path = write_glove(tmp_path / "g.txt")
     with pytest.raises(TalInputError, match="missing_words=learned needs model.text.vocabulary=train"):
         LSTMSentenceEncoder(None, embed_dim=4, hidden_dim=6, word_vectors=str(path), missing_words="learned")
+
+
+def test_checkpoints_from_before_named_tokenizers_keep_tals_tokenizer():
+    from tal.tasks import build_task
+
+    cfg = {"task": "grounding", "model": {"name": "2dtan", "num_clips": 4, "hidden_dim": 4, "map_kernel": 3,
+                                          "map_layers": 1, "text": {"embed_dim": 4, "hidden_dim": 4, "num_layers": 1}}}
+    vocab = ["<pad>", "<unk>", "door"]
+    old = build_task(cfg, meta={"input_dim": 3, "vocab": vocab}).build_model()
+    new = build_task(cfg, meta={"input_dim": 3, "vocab": vocab, "tokenizer": "split"}).build_model()
+    assert old.text.vocab.encode("the door.") == [1, 2]  # tal's tokenizer: "door." -> "door"
+    assert new.text.vocab.encode("the door.") == [1, 1]  # 2D-TAN's: "door." is its own (unknown) word

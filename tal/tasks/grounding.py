@@ -56,7 +56,11 @@ class GroundingTask(Task):
         if self.model_cfg.get("name") not in ("2dtan", "man"):
             raise TalInputError(f"model {self.model_cfg.get('name')!r} is not a grounding head (2dtan, man)")
         self.text_cfg = dict(self.model_cfg.get("text") or {})
-        self.tokenize = get_tokenizer(self.text_cfg.get("tokenizer", "split"))
+        if "tokenizer" not in self.text_cfg:  # checkpoints from before tokenizers had names used tal's
+            legacy = meta is not None and meta.get("vocab") is not None and "tokenizer" not in meta
+            self.text_cfg["tokenizer"] = "words" if legacy else "split"
+        self.model_cfg["text"] = self.text_cfg
+        self.tokenize = get_tokenizer(self.text_cfg["tokenizer"])
         self.normalize = bool(self.data.get("normalize", True))
         self.num_steps = int(self.model_cfg.get("num_clips", 16)) * int(self.model_cfg.get("frame_stride", 1))
         self._clips: dict[str, torch.Tensor] = {}
@@ -103,7 +107,8 @@ class GroundingTask(Task):
             raise TalInputError(f"model.input_dim={given} but {self.cache.path} holds {dim}-d features; "
                                 f"drop model.input_dim (it is read from the cache) or use matching features")
         self.model_cfg["input_dim"] = dim
-        self.meta = {"features": feature_settings(self.cache), "input_dim": dim, "num_steps": self.num_steps}
+        self.meta = {"features": feature_settings(self.cache), "input_dim": dim, "num_steps": self.num_steps,
+                     "tokenizer": self.text_cfg["tokenizer"]}
         text = self.text_cfg
         reads_table = text.get("word_vectors") not in (None, LEARNED) and text.get("vocabulary", "glove") == "glove"
         if text.get("encoder", "lstm") == "lstm" and not text.get("vocab") and not reads_table:
