@@ -65,7 +65,7 @@ from tal.errors import TalInputError
 from tal.models.layers import TemporalConvPool, dynamic_conv1d
 from tal.models.tan2d import default_scale_layers, scaled_iou_targets
 from tal.models.text import Vocabulary, build_text_encoder
-from tal.ops.ranked_nms import ranked_nms
+from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import pairwise_tiou, tiou
 from tal.registry import MODELS, model_section
 
@@ -145,12 +145,7 @@ def decode_candidates(scores: torch.Tensor, candidates: torch.Tensor, durations_
     scores, order = scores.detach().float().sort(dim=1, descending=True, stable=True)  # [B, n]
     durations_s = torch.as_tensor(durations_s, dtype=torch.float64, device=scores.device).flatten()  # [B]
     spans_s = candidates.to(scores.device).double()[order] * (durations_s / num_clips)[:, None, None]  # [B, n, 2]
-    kept = ranked_nms(spans_s, None, nms_threshold, top_k)  # [B, K]
-    index = kept.clamp(min=0)
-    rows = torch.cat([spans_s.gather(1, index[..., None].expand(-1, -1, 2)),
-                      scores.double().gather(1, index)[..., None]], dim=-1)  # [B, K, 3]
-    counts = (kept >= 0).sum(1).tolist()
-    return [[tuple(m) for m in row[:n]] for row, n in zip(rows.cpu().tolist(), counts)]
+    return kept_moments(spans_s, scores, ranked_nms(spans_s, None, nms_threshold, top_k))
 
 
 class IGANCell(nn.Module):

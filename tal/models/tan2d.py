@@ -34,7 +34,7 @@ from tal.errors import TalInputError
 from tal.registry import MODELS, model_section
 from tal.models.layers import MaskedMapConv, TemporalConvPool, iter_span_max
 from tal.models.text import Vocabulary, build_text_encoder
-from tal.ops.ranked_nms import ranked_nms
+from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import tiou
 
 SHORT_SPAN_LAYERS = 16
@@ -164,12 +164,7 @@ def decode_moments(score_map: torch.Tensor, durations, nms_threshold: float | No
     clips, scores = _sorted_candidates(score_map.detach().float(), valid_mask)  # [B, M, 2], [B, M]
     durations_s = torch.as_tensor(durations, dtype=torch.float64, device=clips.device).flatten()  # [B]
     moments_s = clips * (durations_s / score_map.shape[-1])[:, None, None]  # [B, M, 2]
-    kept = ranked_nms(moments_s, None, nms_threshold, top_k)  # [B, K]
-    index = kept.clamp(min=0)
-    rows = torch.cat([moments_s.gather(1, index[..., None].expand(-1, -1, 2)),
-                      scores.double().gather(1, index)[..., None]], dim=-1)  # [B, K, 3]
-    counts = (kept >= 0).sum(1).tolist()
-    return [[tuple(m) for m in row[:n]] for row, n in zip(rows.cpu().tolist(), counts)]
+    return kept_moments(moments_s, scores, ranked_nms(moments_s, None, nms_threshold, top_k))
 
 
 class SparsePropPool(nn.Module):

@@ -16,11 +16,11 @@ twice keeps its first vector.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
 import tempfile
-import warnings
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -140,7 +140,7 @@ def _open_source(path: Path, member: str | None) -> Iterator[IO[bytes]]:
             yield stream
         return
     with zipfile.ZipFile(path) as archive, archive.open(member) as stream:
-        yield stream
+        yield io.BufferedReader(stream, 1 << 20)  # its C readline is twice as fast as the member's own
 
 
 def _parse(stream: IO[bytes], dim: int, where: str, out: IO[bytes]) -> list[str]:
@@ -186,16 +186,15 @@ def _chunks(stream: IO[bytes], where: str, dim: int) -> Iterator[list[tuple[int,
 
 
 def _parse_chunk(lines: list[tuple[int, str]], dim: int, where: str) -> tuple[list[str], np.ndarray]:
-    """Words and vectors [n, dim] of a chunk: one C-speed parse of all numbers, line by line only on a mismatch."""
+    """Words and vectors [n, dim] of a chunk: one C-speed parse of all numbers, line by line only on a mismatch
+    (a word with spaces, a bad line: the slow path finds which and says so)."""
     heads, tails = zip(*(line.partition(" ")[::2] for _, line in lines))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # numpy < 2 warns where numpy 2 raises
-            numbers = np.fromstring(" ".join(tails), dtype=np.float32, sep=" ")
+        numbers = np.loadtxt(io.StringIO("\n".join(tails)), dtype=np.float32, delimiter=" ", comments=None, ndmin=2)
     except ValueError:
-        numbers = np.empty(0, dtype=np.float32)
-    if numbers.size == len(lines) * dim:
-        return list(heads), numbers.reshape(len(lines), dim)
+        numbers = np.empty((0, dim), dtype=np.float32)
+    if numbers.shape == (len(lines), dim):
+        return list(heads), numbers
     words, vectors = [], np.empty((len(lines), dim), dtype=np.float32)
     for row, (lineno, line) in enumerate(lines):
         fields = line.rsplit(" ", dim)

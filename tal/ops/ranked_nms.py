@@ -44,3 +44,13 @@ def ranked_nms(segments: torch.Tensor, valid: torch.Tensor | None, threshold: fl
         overlap = inter / (length[rows, pick, None] + length - inter)  # [B, M], NaN where 0 / 0
         alive &= overlap <= threshold
     return kept
+
+
+def kept_moments(segments: torch.Tensor, scores: torch.Tensor, kept: torch.Tensor) -> list[list[tuple]]:
+    """Ranked segments [B, M, 2], their scores [B, M] and `ranked_nms`' kept [B, K] -> per row, the kept
+    (start, end, score) tuples in rank order."""
+    index = kept.clamp(min=0)
+    rows = torch.cat([segments.double().gather(1, index[..., None].expand(-1, -1, 2)),
+                      scores.double().gather(1, index)[..., None]], dim=-1)  # [B, K, 3]
+    counts = (kept >= 0).sum(1).tolist()
+    return [[tuple(m) for m in row[:n]] for row, n in zip(rows.cpu().tolist(), counts)]

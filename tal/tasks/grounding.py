@@ -198,35 +198,30 @@ class GroundingTask(Task):
             raise TalInputError(f"dataset.{split} is not set")
         return self.splits[split]
 
-    @torch.no_grad()
-    def validation_loss(self, model: nn.Module, split: str, device: torch.device) -> float:
-        """Mean over batches of eval.batch_size of the loss in eval mode, as 2D-TAN's val loss."""
+    def eval_batches(self, model: nn.Module, split: str, device: torch.device, with_segments: bool = False):
+        """(queries, batch on `device`) for the split in batches of eval.batch_size, the model in eval mode."""
         from tal.tasks.base import to_device
 
         model.eval()
         queries = self.split_queries(split)
         size = int(self.eval_cfg.get("batch_size", 32))
-        losses = []
         for start in range(0, len(queries), size):
             chunk = queries[start:start + size]
             batch = self.make_batch(model, [self._clips_of(q.video) for q in chunk], [q.query for q in chunk],
-                                    [q.duration for q in chunk], [q.segment for q in chunk])
-            losses.append(float(model(to_device(batch, device))["loss"]))
+                                    [q.duration for q in chunk], [q.segment for q in chunk] if with_segments else None)
+            yield chunk, to_device(batch, device)
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module, split: str, device: torch.device) -> float:
+        """Mean over batches of eval.batch_size of the loss in eval mode, as 2D-TAN's val loss."""
+        losses = [float(model(batch)["loss"]) for _, batch in self.eval_batches(model, split, device, True)]
         return float(np.mean(losses))
 
     @torch.no_grad()
     def predict(self, model: nn.Module, split: str, device: torch.device) -> list[dict]:
-        from tal.tasks.base import to_device
-
-        model.eval()
-        queries = self.split_queries(split)
-        size = int(self.eval_cfg.get("batch_size", 32))
         rows = []
-        for start in range(0, len(queries), size):
-            chunk = queries[start:start + size]
-            batch = self.make_batch(model, [self._clips_of(q.video) for q in chunk], [q.query for q in chunk],
-                                    [q.duration for q in chunk])
-            for q, moments in zip(chunk, self.rank_moments(model, to_device(batch, device))):
+        for chunk, batch in self.eval_batches(model, split, device):
+            for q, moments in zip(chunk, self.rank_moments(model, batch)):
                 rows.append({"video": q.video, "query": q.query, "segment": list(q.segment),
                              "moments": [[float(s), float(e), float(c)] for s, e, c in moments]})
         return rows
