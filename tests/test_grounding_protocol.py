@@ -118,6 +118,7 @@ def test_without_val_the_test_selection_is_said_in_the_log_and_metrics_json(tiny
     assert json.loads((tmp_path / "metrics.json").read_text())["selected_on"] == "test"
     log = (tmp_path / "train.log").read_text()
     assert "no validation split, so the best epoch" in log and "NO GloVe" in log
+    assert "(best epoch picked on test)" in log.splitlines()[-1]
 
 
 def test_with_val_the_best_epoch_is_picked_on_val_and_the_val_loss_drives_the_plateau(tiny_set, tmp_path):

@@ -231,7 +231,8 @@ class Trainer:
                 metrics["selected_on"] = task.eval_split
             write_json_atomic(metrics, self.work_dir / "metrics.json")
             logger.info(f"{task.eval_split} metrics (best epoch {best['epoch'] if best else '-'}): "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in _flat(metrics).items()))
+                        + ", ".join(f"{k} {v:.4f}" for k, v in _flat(metrics).items())
+                        + (f" (best epoch picked on {task.eval_split})" if task.selected_on_test else ""))
         distributed.barrier(self.ctx)
         return distributed.broadcast(metrics, self.ctx)
 
