@@ -172,8 +172,6 @@ class MomentRetriever(_Predictor):
     def query_batch(self, requests: list[tuple[str | Path, str, int]]) -> list[Moments | Exception]:
         """Answer several (video, sentence, top_k) at once, in one forward pass; a bad request gets its
         TalInputError in its place and does not affect the others."""
-        from tal.models.text import tokenize
-
         results: list = [None] * len(requests)
         good = []
         for i, (video, sentence, top_k) in enumerate(requests):
@@ -183,7 +181,7 @@ class MomentRetriever(_Predictor):
                 if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
                     raise TalInputError(f"top_k must be a positive integer, got {top_k!r}")
                 clips, duration_s = self._video_clips(video)
-                if not tokenize(sentence):  # the batch would refuse it: fail this request alone
+                if not self.task.tokenize(sentence):  # the batch would refuse it: fail this request alone
                     raise TalInputError(f"query {sentence!r} has no words")
                 good.append((i, clips, duration_s, sentence.strip(), top_k))
             except TalInputError as exc:

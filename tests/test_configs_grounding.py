@@ -49,14 +49,32 @@ def grounding_configs() -> list[str]:
     return found
 
 
+def write_glove_300d(path: Path, words: list[str]) -> Path:
+    """A GloVe file in the published layout (word, then 300 numbers) for `words`."""
+    rows = torch.randn(len(words), 300, generator=torch.Generator().manual_seed(0))
+    path.write_text("".join(f"{w} " + " ".join(f"{x:.5f}" for x in row.tolist()) + "\n" for w, row in zip(words, rows)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def glove_file(tmp_path_factory):
+    from tal.datasets.synthetic import EVENT_PHRASINGS
+
+    words = {w for phrasings in EVENT_PHRASINGS.values() for p in phrasings for w in p.split()} | set(VOCAB[2:])
+    return write_glove_300d(tmp_path_factory.mktemp("glove") / "glove.6B.300d.txt", sorted(words))
+
+
 def test_every_benchmark_config_is_there():
     assert BENCHMARK_CONFIGS <= set(grounding_configs())
     assert "synthetic/2dtan" in grounding_configs()
 
 
 @pytest.mark.parametrize("name", grounding_configs())
-def test_config_builds_its_head_without_data(name):
+def test_config_builds_its_head_without_data(name, glove_file):
     cfg = load_config(CONFIGS / f"{name}.yaml")
+    reads_glove = cfg["model"]["text"]["word_vectors"] != "learned"
+    if reads_glove:
+        cfg = load_config(CONFIGS / f"{name}.yaml", [f"model.text.word_vectors={glove_file}"])
     model_cfg = cfg["model"]
     num_clips = model_cfg["num_clips"]
     input_dim = OFFICIAL.get(name.split("/")[0], {}).get("input_dim", 16)
@@ -68,9 +86,10 @@ def test_config_builds_its_head_without_data(name):
     assert text.lstm.input_size == model_cfg["text"]["embed_dim"]
     assert text.lstm.hidden_size == model_cfg["text"]["hidden_dim"]
     assert text.lstm.num_layers == model_cfg["text"]["num_layers"]
-    assert text.embedding.num_words == len(VOCAB)
-    if model_cfg["text"].get("word_vectors") is None:
-        assert text.embedding.learned is not None  # no GloVe given: learned embeddings
+    if reads_glove:  # 2D-TAN's input: the whole GloVe table, frozen, no embedding parameters
+        assert text.embedding is None and len(text.table) == len(glove_file.read_text().splitlines())
+    else:
+        assert text.embedding.num_words == len(VOCAB) and text.embedding.learned is not None
     if model_cfg["name"] == "man":
         assert model.candidates.shape == (VALID_CELLS[num_clips], 2)
         assert model.frame.conv.in_channels == input_dim
@@ -92,13 +111,24 @@ def test_benchmark_config_has_the_official_numbers(name):
     model, text = cfg["model"], cfg["model"]["text"]
     assert model["num_clips"] * model["frame_stride"] == 256  # NUM_SAMPLE_CLIPS
     assert (model["num_clips"], model["frame_stride"]) == (official["num_clips"], official["frame_stride"])
-    assert model["hidden_dim"] == 512 and text["embed_dim"] == 300 and text["word_vectors"] is None
+    assert model["hidden_dim"] == 512 and text["embed_dim"] == 300
+    # 2D-TAN's text input: GloVe 6B 300-d for every GloVe word, sentence.split() lowercased
+    assert text["word_vectors"] == "data/glove/glove.6B.300d.txt"
+    assert (text["vocabulary"], text["tokenizer"], text["missing_words"]) == ("glove", "split", "zeros")
     assert cfg["train"]["lr"] == 1e-4 and isinstance(cfg["train"]["lr"], float)
     assert (cfg["train"]["batch_size"], cfg["train"]["optimizer"], cfg["train"]["weight_decay"]) == (32, "adam", 0.0)
     assert (cfg["train"]["epochs"], cfg["train"]["clip_grad_norm"]) == (100, 10.0)
     assert cfg["eval"]["recall"] == [1, 5] and cfg["eval"]["iou"] == official["iou"]
     assert cfg["eval"]["top_k"] == 5 and not cfg["eval"].get("iou_ge", False)
-    assert cfg["dataset"]["normalize"] is True and cfg["dataset"]["val"] is None
+    assert cfg["dataset"]["normalize"] is True
+    # NO_VAL: True only for Charades-STA; ActivityNet Captions (val_1) and TACoS select on their val split
+    assert cfg["dataset"]["val"] == (None if benchmark == "charades_sta" else f"data/{benchmark}/val.jsonl")
+    # ReduceLROnPlateau(0.8, 20) on the val loss wherever 2D-TAN loads a val split (not TACoS conv: NO_VAL)
+    if benchmark == "charades_sta" or name == "tacos/2dtan_conv":
+        assert cfg["train"]["schedule"] == "constant"
+    else:
+        assert (cfg["train"]["schedule"], cfg["train"]["plateau_watch"]) == ("plateau", "val_loss")
+        assert (cfg["train"]["plateau_factor"], cfg["train"]["plateau_patience"]) == (0.8, 20)
     assert cfg["dataset"]["features"].startswith(f"data/{benchmark}/")
     if head == "man":
         assert text["num_layers"] == 1  # the paper's single-layer LSTM; the rest of MAN is tal's choice
@@ -112,21 +142,28 @@ def test_benchmark_config_has_the_official_numbers(name):
 
 @pytest.fixture(scope="module")
 def tiny_set(tmp_path_factory):
-    return make_grounding_set(tmp_path_factory.mktemp("grounding"), num_videos=12, feature_dim=16, seed=3)
+    return make_grounding_set(tmp_path_factory.mktemp("grounding"), num_videos=12, feature_dim=16, seed=3, val=True)
 
 
 @pytest.mark.parametrize("name", ["charades_sta/2dtan_pool", "charades_sta/man", "activitynet_captions/2dtan_conv",
                                   "tacos/2dtan_pool"])
-def test_config_trains_on_another_set_with_set_alone(name, tiny_set, tmp_path):
+def test_config_trains_on_another_set_with_set_alone(name, tiny_set, glove_file, tmp_path):
     overrides = [f"dataset.features={tiny_set.features}", f"dataset.train={tiny_set.train}",
-                 f"dataset.test={tiny_set.test}", "train.epochs=1", "model.hidden_dim=8", "model.text.hidden_dim=8"]
+                 f"dataset.test={tiny_set.test}", "train.epochs=1", "model.hidden_dim=8", "model.text.hidden_dim=8",
+                 f"model.text.word_vectors={glove_file}"]
+    if not name.startswith("charades_sta"):
+        overrides.append(f"dataset.val={tiny_set.val}")
     cfg = load_config(CONFIGS / f"{name}.yaml", overrides)
     metrics = train(cfg, tmp_path, progress=False)
 
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written == metrics
     ious = cfg["eval"]["iou"]
-    assert set(written) == {f"R@{n},IoU={m:g}" for n in (1, 5) for m in ious} | {"mIoU"}
+    selected = {"selected_on"} if name.startswith("charades_sta") else set()  # Charades-STA: no val split
+    assert set(written) == {f"R@{n},IoU={m:g}" for n in (1, 5) for m in ious} | {"mIoU"} | selected
+    assert written.pop("selected_on", "test") == "test"
+    log = (tmp_path / "train.log").read_text()
+    assert "frozen GloVe vectors" in log and "NO GloVe" not in log
     assert all(0.0 <= v <= 1.0 for v in written.values())
     for m in ious:  # more chances can only help
         assert written[f"R@5,IoU={m:g}"] >= written[f"R@1,IoU={m:g}"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import tal
 from tal.cli.main import main
@@ -55,6 +56,11 @@ def test_demo_writes_everything_and_learns(demo):
     assert result.detection == json.loads((out / "detection" / "metrics.json").read_text())
     report = result.report.read_text()
     assert f"{100 * result.detection['mAP']['0.50']:.1f}" in report and "chance" in report
+    # the demo has no grounding val split: the best epoch is picked on the reported queries, and it says so
+    assert result.grounding["selected_on"] == "test" and "validation queries" not in report
+    assert "picked on these same held-out queries" in report
+    grounding_cfg = yaml.safe_load((out / "grounding" / "config.yaml").read_text())
+    assert grounding_cfg["model"]["text"]["word_vectors"] == "learned"  # no GloVe, asked for by name
     assert len(result.images) == 5
     for png in result.images:
         assert f"]({png.relative_to(out).as_posix()})" in report

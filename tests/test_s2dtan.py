@@ -98,11 +98,26 @@ def random_batch(batch_size: int = 3, seed: int = 0) -> dict:
             "labels": [torch.zeros(len(s), dtype=torch.long) for s in segments[:batch_size]]}
 
 
-def test_loss_is_the_bce_over_every_proposal_cell():
+def test_loss_weighs_the_scales_equally_as_ms_2d_tan():
+    """MS-2D-TAN (run.py) adds each scale's own mean BCE: the 10 long-proposal cells of scale 1 count as
+    much as the 100 cells of scale 0."""
     model = tiny_model(loss={"min_iou": 0.3, "max_iou": 0.9})
     batch = random_batch()
     out = model(batch)
     assert set(out) == {"loss", "loss_scale0", "loss_scale1"}
+    torch.testing.assert_close(out["loss"].detach(), out["loss_scale0"] + out["loss_scale1"])
+    logits = [h.proposal_logits(lg) for h, lg in zip(model.heads, model.scale_logits(batch))]  # [B, 100], [B, 10]
+    target = scaled_iou_targets(max_iou_targets(model.proposals, batch["segments"]), 0.3, 0.9).split([100, 10], 1)
+    by_hand = sum(F.binary_cross_entropy_with_logits(lg, t) for lg, t in zip(logits, target))
+    torch.testing.assert_close(out["loss"], by_hand)
+    with pytest.raises(TalInputError, match="model.loss.scale_weighting must be one of equal, cells, got 'area'"):
+        tiny_model(loss={"scale_weighting": "area"})
+
+
+def test_cells_weighting_is_the_bce_over_every_proposal_cell():
+    model = tiny_model(loss={"min_iou": 0.3, "max_iou": 0.9, "scale_weighting": "cells"})
+    batch = random_batch()
+    out = model(batch)
     torch.testing.assert_close(out["loss"].detach(), (100 * out["loss_scale0"] + 10 * out["loss_scale1"]) / 110)
     # the same number straight from the proposal list: BCE of each cell against its scaled max IoU
     logits = torch.cat([h.proposal_logits(lg) for h, lg in zip(model.heads, model.scale_logits(batch))], dim=1)
@@ -248,7 +263,8 @@ def test_registry_builds_a_proposal_head():
 
 @pytest.mark.parametrize("overrides, message", [
     ({"dropout": 0.1}, r"unknown model key\(s\) for s2dtan \['dropout'\]"),
-    ({"loss": {"iou_low": 0.5}}, r"unknown model.loss key\(s\) \['iou_low'\]; known: \['bias', 'max_iou', 'min_iou'\]"),
+    ({"loss": {"iou_low": 0.5}}, r"unknown model.loss key\(s\) \['iou_low'\]; known: \['bias', 'max_iou', 'min_iou', "
+                                        r"'scale_weighting'\]"),
     ({"nms": {"threshold": 0.5}}, r"unknown model.nms key\(s\) \['threshold'\]"),
     ({"nms": {"max_detections": 10}}, r"^model.nms.max_detections is not used by s2dtan: set model.max_proposals"),
     ({"prop": "mean"}, r"^model.prop must be 'pool' or 'conv', got 'mean'$"),

@@ -36,10 +36,10 @@ def test_tokenize_lowercases_and_splits_on_non_alphanumerics():
 
 
 def test_vocabulary_from_sentences():
-    vocab = Vocabulary.from_sentences(SENTENCES)
+    vocab = Vocabulary.from_sentences(SENTENCES, tokenizer="words")
     # the: 4, door: 2, person: 2, then the rest alphabetically
     assert vocab.tokens == ["<pad>", "<unk>", "the", "door", "person", "a", "closing", "dog", "opens", "sleeps"]
-    assert Vocabulary.from_sentences(SENTENCES, min_count=2).tokens == ["<pad>", "<unk>", "the", "door", "person"]
+    assert Vocabulary.from_sentences(SENTENCES, min_count=2, tokenizer="words").tokens == ["<pad>", "<unk>", "the", "door", "person"]
     assert vocab.encode("The DOOR creaks") == [2, 3, 1]
     assert vocab.encode("?!") == [Vocabulary.unk_id]
     with pytest.raises(ValueError, match="a vocabulary starts with '<pad>', '<unk>'"):
@@ -47,7 +47,7 @@ def test_vocabulary_from_sentences():
 
 
 def test_load_word_vectors_from_a_glove_file(tmp_path):
-    vocab = Vocabulary.from_sentences(SENTENCES)
+    vocab = Vocabulary.from_sentences(SENTENCES, tokenizer="words")
     path = write_glove(tmp_path / "glove.txt", [
         "the 0.1 0.2 0.3",
         "door -1 0 1.5",
@@ -72,12 +72,15 @@ def test_word2vec_header_line_is_skipped(tmp_path):
 
 
 def test_word_vector_file_errors_name_the_file_and_line(tmp_path):
-    vocab = Vocabulary.from_sentences(SENTENCES)
+    vocab = Vocabulary.from_sentences(SENTENCES, tokenizer="words")
     missing = tmp_path / "nope.txt"
     with pytest.raises(TalInputError) as err:
         load_word_vectors(missing, vocab, dim=3)
-    assert str(err.value) == (f"{missing}: word vector file not found (model.text.word_vectors); "
-                              "give a GloVe-format text file, one word and its 3 numbers a line")
+    assert str(err.value) == (
+        f"{missing}: word vector file not found (model.text.word_vectors); GloVe is published on the Stanford NLP "
+        "GloVe page (nlp.stanford.edu/projects/glove) as glove.6B.zip, which holds glove.6B.300d.txt; set "
+        "model.text.word_vectors to that file or the zip, or model.text.word_vectors=learned to train word "
+        "embeddings without GloVe")
     short = write_glove(tmp_path / "short.txt", ["the 1 2 3", "door 1 2"])
     with pytest.raises(TalInputError, match=rf"^{short}:2: expected a word and 3 numbers, got 3 fields"):
         load_word_vectors(short, vocab, dim=3)
@@ -94,7 +97,7 @@ def test_word_vector_file_errors_name_the_file_and_line(tmp_path):
 
 @pytest.mark.parametrize("missing", ["zeros", "learned"])
 def test_missing_words_are_zeros_or_learned_and_glove_rows_stay_frozen(tmp_path, missing):
-    vocab = Vocabulary.from_sentences(SENTENCES)
+    vocab = Vocabulary.from_sentences(SENTENCES, tokenizer="words")
     path = write_glove(tmp_path / "glove.txt", ["the 0.1 0.2 0.3", "door -1 0 1.5"])
     embedding = WordEmbedding(len(vocab), 3, pretrained=True, missing=missing)
     embedding.load_pretrained(*load_word_vectors(path, vocab, 3))
@@ -122,7 +125,7 @@ def test_unknown_missing_words_mode_is_refused():
 
 def test_lstm_vector_ignores_padding():
     torch.manual_seed(0)
-    vocab = Vocabulary.from_sentences(SENTENCES)
+    vocab = Vocabulary.from_sentences(SENTENCES, tokenizer="words")
     encoder = LSTMSentenceEncoder(vocab, embed_dim=6, hidden_dim=10, num_layers=3).eval()
     alone = encoder(encoder.prepare(["the dog sleeps"]))
     batch = encoder.prepare(["a person closing the door slowly today", "the dog sleeps"])
@@ -139,7 +142,7 @@ def test_lstm_vector_ignores_padding():
 
 
 def test_bidirectional_lstm_concatenates_both_final_states():
-    vocab = Vocabulary.from_sentences(SENTENCES)
+    vocab = Vocabulary.from_sentences(SENTENCES, tokenizer="words")
     encoder = LSTMSentenceEncoder(vocab, embed_dim=4, hidden_dim=8, num_layers=2, bidirectional=True).eval()
     batch = encoder.prepare(["the person opens the door", "the dog"])
     out = encoder(batch)
@@ -150,8 +153,8 @@ def test_bidirectional_lstm_concatenates_both_final_states():
 
 def test_build_text_encoder_reads_the_glove_file(tmp_path):
     path = write_glove(tmp_path / "glove.txt", ["the 0.1 0.2", "dog 0.3 0.4"])
-    encoder = build_text_encoder({"word_vectors": str(path), "embed_dim": 2, "hidden_dim": 4},
-                                 vocab=Vocabulary.from_sentences(SENTENCES).tokens)
+    encoder = build_text_encoder({"word_vectors": str(path), "vocabulary": "train", "tokenizer": "words",
+                                  "embed_dim": 2, "hidden_dim": 4}, vocab=Vocabulary.from_sentences(SENTENCES, tokenizer="words").tokens)
     assert encoder.embedding.found.sum() == 2
     assert torch.allclose(encoder.embedding(torch.tensor([7])), torch.tensor([[0.3, 0.4]]))
     with pytest.raises(TalInputError, match=r"unknown model.text key\(s\) \['glove'\]"):

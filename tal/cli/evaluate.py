@@ -76,8 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     grounding.add_argument("--recall", type=_ranks, default=(1, 5), metavar="N,...", help="ranks n (default 1,5)")
     grounding.add_argument("--iou", type=_ious, default=(0.3, 0.5, 0.7), metavar="M,...",
                            help="IoU thresholds m (default 0.3,0.5,0.7)")
-    grounding.add_argument("--nms", type=_unit_float, default=0.5, metavar="T",
-                           help="NMS threshold over the ranked moments (default 0.5; 1 turns NMS off)")
+    grounding.add_argument("--nms", type=_nms_threshold, default=0.5, metavar="T",
+                           help="NMS threshold over the ranked moments, 2D-TAN's rule (default 0.5; at 1 only moments "
+                                "whose overlap is undefined, two zero-length ones, are dropped, as in 2D-TAN); "
+                                "'none': no NMS, for moments already suppressed")
     grounding.add_argument("--iou-ge", action="store_true", help="count IoU >= m as a hit instead of IoU > m")
     grounding.set_defaults(func=_run_grounding)
 
@@ -175,6 +177,10 @@ def _unit_float(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a number in [0, 1]")
     return value
+
+
+def _nms_threshold(text: str) -> float | None:
+    return None if text.strip().lower() == "none" else _unit_float(text)
 
 
 def _positive_float(text: str) -> float:

@@ -2,9 +2,15 @@
 
 Keys: `optimizer` (adamw | adam | sgd), `lr`, `weight_decay`, `momentum` (sgd), `schedule`
 (constant | cosine | step | plateau), `warmup_epochs` (linear warm-up from 0, per step), `milestones` and
-`gamma` (step: multiply by gamma after each listed epoch), `plateau_factor` and `plateau_patience`
-(plateau: multiply by the factor when the validation metric has not improved for more than
-`patience` evaluations in a row, as torch's ReduceLROnPlateau; 2D-TAN's official code uses 0.8 and 20).
+`gamma` (step: multiply by gamma after each listed epoch), `plateau_factor`, `plateau_patience` and
+`plateau_watch` (plateau: multiply by the factor when the watched value has not improved for more than
+`patience` evaluations in a row, as torch's ReduceLROnPlateau).
+`plateau_watch: val_loss` (set by the grounding benchmark configs) is 2D-TAN's (moment_localization/
+train.py): ReduceLROnPlateau(factor 0.8, patience 20, mode "min", threshold 1e-4 relative) stepped
+with the NEGATED validation loss, so the LR drops when the validation loss has not risen above 0.9999 x
+its highest value for `patience` + 1 evaluations (a sign quirk of the official code, kept).
+`plateau_watch: metric` (the default) is tal's: eval.metric, higher is better, any rise counts.
+Both read the validation split only; a run without one refuses the plateau schedule.
 The schedule is stepped once per batch, so its state in a checkpoint resumes exactly.
 """
 from __future__ import annotations
@@ -35,16 +41,27 @@ def build_optimizer(model: nn.Module, train: dict) -> torch.optim.Optimizer:
     raise TalInputError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
 
 
-class Plateau:
-    """The `plateau` schedule's memory: the best validation metric (higher is better), how many
-    evaluations in a row missed it, and the LR scale so far. `update` after every evaluation."""
+PLATEAU_WATCH = ("val_loss", "metric")
+TORCH_PLATEAU_THRESHOLD = 1e-4  # ReduceLROnPlateau's default relative threshold, which 2D-TAN keeps
 
-    def __init__(self, factor: float = 0.8, patience: int = 20):
+
+class Plateau:
+    """The `plateau` schedule's memory: the best watched value, how many evaluations in a row missed
+    it, and the LR scale so far. `update` after every evaluation with `watched_value(...)`.
+
+    watch "metric": the value is eval.metric, improved when higher. watch "val_loss": torch's
+    ReduceLROnPlateau in mode "min" fed -(validation loss), as 2D-TAN does: improved when
+    value < best * (1 - 1e-4).
+    """
+
+    def __init__(self, factor: float = 0.8, patience: int = 20, watch: str = "metric"):
         if not 0 < factor < 1:
             raise TalInputError(f"train.plateau_factor must lie strictly between 0 and 1, got {factor!r}")
         if patience < 0:
             raise TalInputError(f"train.plateau_patience must be >= 0 evaluations, got {patience!r}")
-        self.factor, self.patience = factor, patience
+        if watch not in PLATEAU_WATCH:
+            raise TalInputError(f"train.plateau_watch must be one of {', '.join(PLATEAU_WATCH)}, got {watch!r}")
+        self.factor, self.patience, self.watch = factor, patience, watch
         self.scale, self.best, self.misses = 1.0, None, 0
 
     @classmethod
@@ -52,11 +69,23 @@ class Plateau:
         """A Plateau when train.schedule is plateau, else None."""
         if str(train.get("schedule", "constant")).lower() != "plateau":
             return None
-        return cls(float(train.get("plateau_factor", 0.8)), int(train.get("plateau_patience", 20)))
+        return cls(float(train.get("plateau_factor", 0.8)), int(train.get("plateau_patience", 20)),
+                   str(train.get("plateau_watch", "metric")))
+
+    @staticmethod
+    def watched_value(watch: str, metric: float, val_loss: float | None) -> float:
+        return metric if watch == "metric" else -float(val_loss)
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.watch == "metric":
+            return value > self.best
+        return value < self.best * (1 - TORCH_PLATEAU_THRESHOLD)
 
     def update(self, value: float) -> bool:
-        """Record one evaluation's metric; True when it lowered the scale."""
-        if self.best is None or value > self.best:
+        """Record one evaluation's watched value; True when it lowered the scale."""
+        if self.improved(value):
             self.best, self.misses = value, 0
             return False
         self.misses += 1

@@ -8,8 +8,8 @@ validation metric (`eval.metric`) improved. At the end the best checkpoint predi
 `predictions.json(l)` and `metrics.json` (what `tal evaluate` would print for them).
 
 train keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, schedule, warmup_epochs,
-milestones, gamma, plateau_factor, plateau_patience (tal.engine.optim), clip_grad_norm (default 1.0; 0 turns
-it off), amp (CUDA mixed precision), log_interval.
+milestones, gamma, plateau_factor, plateau_patience, plateau_watch (tal.engine.optim), clip_grad_norm
+(default 1.0; 0 turns it off), amp (CUDA mixed precision), log_interval.
 `--resume` continues from checkpoint_last.pt; the result equals an uninterrupted run with the same seed.
 """
 from __future__ import annotations
@@ -37,7 +37,8 @@ from tal.tempfiles import remove_stale_temp_files
 from tal.tasks.base import Task, check_section, global_batches, to_device
 
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "schedule", "warmup_epochs",
-              "milestones", "gamma", "plateau_factor", "plateau_patience", "clip_grad_norm", "amp", "log_interval"}
+              "milestones", "gamma", "plateau_factor", "plateau_patience", "plateau_watch", "clip_grad_norm", "amp",
+              "log_interval"}
 # (kind, minimum, exclusive) of the numeric train keys; their defaults are read where they are used
 TRAIN_NUMBERS = {"epochs": (int, 1, False), "batch_size": (int, 1, False), "lr": (float, 0, True),
                  "weight_decay": (float, 0, False), "momentum": (float, 0, False), "warmup_epochs": (float, 0, False),
@@ -182,6 +183,9 @@ class Trainer:
         steps_per_epoch = math.ceil(task.num_train_items() / self.batch_size)
         optimizer = build_optimizer(model, self.train_cfg)
         plateau = Plateau.from_config(self.train_cfg)
+        if plateau is not None and task.selected_on_test:
+            raise TalInputError("train.schedule=plateau steps on the validation split, and this run has none (the "
+                                "best epoch would be picked on test); set dataset.val, or train.schedule=constant")
         scheduler = build_scheduler(optimizer, steps_per_epoch, self.train_cfg, plateau)
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         metric = str(self.cfg.get("eval", {}).get("metric", task.default_metric))
@@ -211,6 +215,10 @@ class Trainer:
                 logger.info(f"resumed from {last_path} after epoch {start_epoch}")
         if self.ctx.is_main:
             save_config(self.cfg, self.work_dir / "config.yaml")
+            if task.selected_on_test:
+                logger.info(f"note: there is no validation split, so the best epoch ({metric}) is picked on the "
+                            f"{task.eval_split} split and the reported metrics are on that same split "
+                            f"(metrics.json: \"selected_on\": \"{task.eval_split}\")")
             logger.info(f"{getattr(task, 'describe', lambda: '')()}; {sum(p.numel() for p in model.parameters()):,} "
                         f"parameters; {self.epochs} epochs of {steps_per_epoch} steps on {self.device}"
                         + (f" x {self.ctx.world_size} processes" if self.ctx.active else ""))
@@ -225,12 +233,17 @@ class Trainer:
                 metrics = task.evaluate(task.predict(model, task.val_split, self.device), task.val_split)
                 value = metric_value(metrics, metric)
                 record.update(val=metrics, metric=value)
+                if plateau is not None and plateau.watch == "val_loss":
+                    record["val_loss"] = task.validation_loss(model, task.val_split, self.device)
                 improved = best is None or value > best["value"]
                 if improved:
                     best = {"epoch": epoch + 1, "value": value, "metric": metric}
             if evaluate_now and plateau is not None:  # every rank lowers its LR alike
-                if plateau.update(distributed.broadcast(record.get("metric"), self.ctx)) and self.ctx.is_main:
-                    logger.info(f"{metric} has not improved for {plateau.patience + 1} evaluations: LR x "
+                watched = Plateau.watched_value(plateau.watch, record.get("metric"), record.get("val_loss")) \
+                    if self.ctx.is_main else None
+                name = metric if plateau.watch == "metric" else "-(val loss)"
+                if plateau.update(distributed.broadcast(watched, self.ctx)) and self.ctx.is_main:
+                    logger.info(f"{name} has not improved for {plateau.patience + 1} evaluations: LR x "
                                 f"{plateau.factor:g} from the next step (scale now {plateau.scale:.3g})")
             history.append(record)
             if self.ctx.is_main:
@@ -241,7 +254,9 @@ class Trainer:
                 if improved:  # best first: a kill between the two saves only repeats this epoch on --resume
                     save_checkpoint(state, self.work_dir / BEST)
                 save_checkpoint(state, last_path)
-                shown = f" {metric} {record['metric']:.4f}" + (" (best)" if improved else "") if "metric" in record else ""
+                shown = (f" {task.val_split} {metric} {record['metric']:.4f}" + (" (best)" if improved else "")
+                         + (f" val loss {record['val_loss']:.4f}" if "val_loss" in record else "")
+                         if "metric" in record else "")
                 logger.info(f"epoch {epoch + 1}/{self.epochs} loss {losses['loss']:.4f} "
                             f"lr {record['lr']:.2e}{shown}")
             distributed.barrier(self.ctx)
@@ -254,9 +269,12 @@ class Trainer:
             predictions = task.predict(model, task.eval_split, self.device)
             task.write_predictions(predictions, self.work_dir / task.predictions_name)
             metrics = task.evaluate(predictions, task.eval_split)
+            if task.selected_on_test:
+                metrics["selected_on"] = task.eval_split
             write_json_atomic(metrics, self.work_dir / "metrics.json")
             logger.info(f"{task.eval_split} metrics (best epoch {best['epoch'] if best else '-'}): "
-                        + ", ".join(f"{k} {v:.4f}" for k, v in _flat(metrics).items()))
+                        + ", ".join(f"{k} {v:.4f}" for k, v in _flat(metrics).items())
+                        + (f" (best epoch picked on {task.eval_split})" if task.selected_on_test else ""))
         distributed.barrier(self.ctx)
         return distributed.broadcast(metrics, self.ctx)
 

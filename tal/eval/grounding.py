@@ -1,13 +1,16 @@
 """Grounding (moment retrieval) R@n,IoU=m and mIoU by the 2D-TAN protocol (microsoft/2D-TAN `lib/core/eval.py`).
 
-For each query, its ranked moments go through greedy NMS (a moment is dropped when its overlap
-with an already kept one is above `nms_threshold`, or undefined, as in 2D-TAN); the first `n` kept
+For each query, its ranked moments go through greedy NMS (`tal.ops.ranked_nms`: a moment is dropped
+when its overlap with an already kept one is above `nms_threshold`, or undefined, as in 2D-TAN, also at
+thresholds >= 1; `None`: no NMS, for moments a decoder has already suppressed); the first `n` kept
 moments are a hit at `m` when one has IoU > m with the ground truth (>= with `iou_ge`).
 mIoU is the mean IoU of the top-1 moment. 2D-TAN's own IoU is used for that (union = the hull of
 the two segments), with 0 where 2D-TAN would get 0/0 = NaN; a query without moments scores 0.
 
 Vectorized over queries: moments are padded to [Q, K, 2], and NMS runs one round per kept rank
-(at most max(n) rounds), each suppressing on all queries at once.
+(at most max(n) rounds), each suppressing on all queries at once. tal's grounding heads run this NMS
+once, in their decoder, on the full ranked list; their training runs then score the kept moments with
+`nms_threshold=None`, so R@5 always sees five moments when five survive.
 """
 from __future__ import annotations
 
@@ -16,11 +19,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from tal.datasets.grounding import read_grounding_jsonl
 from tal.datasets.types import GroundingQuery
 from tal.errors import TalInputError
 from tal.eval.predictions import GroundingPrediction, read_grounding_predictions
+from tal.ops.ranked_nms import ranked_nms
 
 DEFAULT_RECALL = (1, 5)
 DEFAULT_IOU = (0.3, 0.5, 0.7)
@@ -46,7 +51,7 @@ class GroundingResult:
 
 def evaluate_grounding(moments: Sequence[np.ndarray], ground_truth: np.ndarray,
                        recalls: Sequence[int] = DEFAULT_RECALL, ious: Sequence[float] = DEFAULT_IOU,
-                       nms_threshold: float = 0.5, iou_ge: bool = False) -> GroundingResult:
+                       nms_threshold: float | None = 0.5, iou_ge: bool = False) -> GroundingResult:
     """Score ranked moments (one [K_q, 2] array per query, best first) against ground truth [Q, 2]."""
     recalls = tuple(int(n) for n in recalls)
     ious = tuple(float(m) for m in ious)
@@ -65,7 +70,7 @@ def evaluate_grounding(moments: Sequence[np.ndarray], ground_truth: np.ndarray,
         padded[q, :len(m)] = m
         valid[q, :len(m)] = True
 
-    kept = _nms_ranks(padded, valid, nms_threshold, max(recalls))  # [Q, N], -1 when fewer were kept
+    kept = ranked_nms(torch.from_numpy(padded), torch.from_numpy(valid), nms_threshold, max(recalls)).numpy()  # [Q, N]
     kept_segments = np.take_along_axis(padded, kept.clip(min=0)[:, :, None], axis=1)  # [Q, N, 2]
     overlap = np.where(kept >= 0, _hull_iou(kept_segments, ground_truth[:, None, :]), 0.0)  # [Q, N]
     recall = np.empty((len(recalls), len(ious)))
@@ -83,35 +88,6 @@ def evaluate_grounding(moments: Sequence[np.ndarray], ground_truth: np.ndarray,
     if reversed_moments:
         notes.append(f"{reversed_moments} moments have end < start: they overlap nothing (as in 2D-TAN)")
     return GroundingResult(recalls, ious, recall, mean_iou, notes)
-
-
-def _nms_ranks(moments: np.ndarray, valid: np.ndarray, threshold: float, top_k: int) -> np.ndarray:
-    """Indices [Q, top_k] of the moments 2D-TAN's greedy NMS keeps first, in rank order (-1: none).
-
-    Overlap is inter / (len_i + len_j - inter), as 2D-TAN computes it; a moment survives only if
-    `overlap <= threshold`, so an undefined overlap (0/0, two zero-length moments) suppresses too.
-    A threshold >= 1 turns NMS off.
-    """
-    num_queries = moments.shape[0]
-    start, end = moments[..., 0], moments[..., 1]  # [Q, K]
-    length = end - start
-    alive = valid.copy()  # [Q, K]
-    kept = np.full((num_queries, top_k), -1, dtype=np.int64)
-    rows = np.arange(num_queries)
-    for r in range(top_k):
-        has = alive.any(axis=1)  # [Q]
-        if not has.any():
-            break
-        best = alive.argmax(axis=1)  # [Q] first surviving rank
-        kept[:, r] = np.where(has, best, -1)
-        alive[rows, best] = False
-        best_start, best_end = start[rows, best][:, None], end[rows, best][:, None]  # [Q, 1]
-        inter = np.maximum(0.0, np.minimum(best_end, end) - np.maximum(best_start, start))  # [Q, K]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            overlap = inter / (length[rows, best][:, None] + length - inter)  # [Q, K]
-        if threshold < 1:
-            alive &= (overlap <= threshold) | ~has[:, None]
-    return kept
 
 
 def _hull_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -24,8 +24,9 @@ Three parts, as in the paper's Figure 2:
 
 Training: binary cross-entropy of each candidate's score against its tIoU with the ground truth,
 optionally rescaled as 2D-TAN does (`loss.min_iou`, `loss.max_iou`, `loss.bias`; default raw tIoU).
-MAN retrieves moments by score alone: no boundary regression. Inference: sigmoid scores, greedy NMS
-(`tal.ops.nms.nms`, tIoU in clip units), top_k, candidates scaled to seconds by duration / N.
+MAN retrieves moments by score alone: no boundary regression. Inference: sigmoid scores, candidates
+scaled to seconds by duration / N, one greedy NMS over the whole ranked list (`tal.ops.ranked_nms`,
+2D-TAN's rule), top_k.
 
 What the paper leaves open, and how it is settled here (no official code was released; the public
 repository dazhang-cv/MAN holds only a README and the overview figure):
@@ -64,7 +65,7 @@ from tal.errors import TalInputError
 from tal.models.layers import TemporalConvPool, dynamic_conv1d
 from tal.models.tan2d import default_scale_layers, scaled_iou_targets
 from tal.models.text import Vocabulary, build_text_encoder
-from tal.ops.nms import nms
+from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import pairwise_tiou, tiou
 from tal.registry import MODELS, model_section
 
@@ -134,22 +135,17 @@ def candidate_iou(candidates: torch.Tensor, segments_s: torch.Tensor, durations_
 
 
 def decode_candidates(scores: torch.Tensor, candidates: torch.Tensor, durations_s, num_clips: int,
-                      nms_threshold: float, top_k: int | None) -> list[list[tuple[float, float, float]]]:
+                      nms_threshold: float | None, top_k: int | None) -> list[list[tuple[float, float, float]]]:
     """Scores [B, n] of candidates [n, 2] (clips) -> per query, up to top_k (start_s, end_s, score), best first.
 
-    Greedy NMS in clip units (a candidate is dropped when its tIoU with a kept one is above
-    `nms_threshold`; equal scores rank by candidate order); top_k None or <= 0 keeps every survivor.
+    As 2D-TAN decodes its map (`tal.models.tan2d.decode_moments`): all candidates ranked by score (ties
+    by candidate order), scaled to seconds by duration / N, one greedy NMS over the whole ranked list
+    (`tal.ops.ranked_nms`), the first top_k survivors kept (top_k None or <= 0: every survivor).
     """
-    scores = scores.detach().float()
-    candidates = candidates.to(scores.device)
-    durations_s = torch.as_tensor(durations_s, dtype=torch.float64).flatten().tolist()
-    max_detections = top_k if top_k is not None and top_k > 0 else None
-    moments = []
-    for row, duration_s in zip(scores, durations_s):
-        keep = nms(candidates, row, nms_threshold, max_detections=max_detections)  # [K]
-        spans_s = candidates[keep].double() * (duration_s / num_clips)  # [K, 2]
-        moments.append([(s, e, c) for (s, e), c in zip(spans_s.tolist(), row[keep].double().tolist())])
-    return moments
+    scores, order = scores.detach().float().sort(dim=1, descending=True, stable=True)  # [B, n]
+    durations_s = torch.as_tensor(durations_s, dtype=torch.float64, device=scores.device).flatten()  # [B]
+    spans_s = candidates.to(scores.device).double()[order] * (durations_s / num_clips)[:, None, None]  # [B, n, 2]
+    return kept_moments(spans_s, scores, ranked_nms(spans_s, None, nms_threshold, top_k))
 
 
 class IGANCell(nn.Module):
@@ -280,7 +276,7 @@ class MAN(nn.Module):
         """Alignment scores [B, n] in (0, 1), one per row of `self.candidates`."""
         return torch.sigmoid(self.logits(batch))
 
-    def decode(self, scores: torch.Tensor, durations_s, nms_threshold: float = 0.5,
+    def decode(self, scores: torch.Tensor, durations_s, nms_threshold: float | None = 0.5,
                top_k: int | None = 5) -> list[list[tuple[float, float, float]]]:
         """`decode_candidates` over this model's candidates."""
         return decode_candidates(scores, self.candidates, durations_s, self.num_clips, nms_threshold, top_k)

@@ -25,8 +25,11 @@ and its multi-scale journal extension, MS-2D-TAN):
   `MaskedMapConv` (map_layers layers of map_kernel), a 1x1 conv score. Scales share no weights.
 - Targets and loss: a cell's target is its largest tIoU with any ground-truth segment of the video
   (0 without any), and the loss is 2D-TAN's scaled-IoU binary cross-entropy (`scaled_iou_bce`,
-  min_iou / max_iou / bias) averaged over the proposal cells of all scales; each scale's own mean is
-  reported as `loss_scale<s>`, and the total weights them by their cell counts.
+  min_iou / max_iou / bias), averaged over each scale's proposal cells and reported as `loss_scale<s>`.
+  The total (`loss.scale_weighting`) is, by default, the sum of the scales' means, as MS-2D-TAN
+  (microsoft/VideoX MS-2D-TAN/moment_localization/run.py adds one loss per scale), so every scale
+  counts alike; `cells` is tal's former mean over all proposal cells, where the finest scale dominates
+  (weights 0.82 / 0.15 / 0.03 for scales [16, 8, 8] at N = 64).
 - Inference: sigmoid scores of the proposal cells of every scale, as segments in feature steps clipped
   to the valid steps, then `tal.ops.nms.postprocess_detections` with the `nms` settings (default hard
   NMS at tIoU 0.5, 2D-TAN's rule) and the `max_proposals` (100) best kept.
@@ -166,11 +169,15 @@ class S2DTAN(nn.Module):
 
     def __init__(self, input_dim: int, num_clips: int = 64, frame_stride: int = 1, scales: list[int] | None = None,
                  hidden_dim: int = 512, prop: str = "pool", map_kernel: int = 5, map_layers: int = 8,
-                 min_iou: float = 0.5, max_iou: float = 1.0, bias: float = 0.0, nms: dict | None = None,
-                 max_proposals: int = 100):
+                 min_iou: float = 0.5, max_iou: float = 1.0, bias: float = 0.0, scale_weighting: str = "equal",
+                 nms: dict | None = None, max_proposals: int = 100):
         super().__init__()
+        if scale_weighting not in SCALE_WEIGHTINGS:
+            raise TalInputError(f"model.loss.scale_weighting must be one of {', '.join(SCALE_WEIGHTINGS)}, "
+                                f"got {scale_weighting!r}")
         self.num_clips, self.frame_stride = num_clips, frame_stride
         self.min_iou, self.max_iou, self.bias = min_iou, max_iou, bias
+        self.scale_weighting = scale_weighting
         self.scales = default_scale_layers(num_clips) if scales is None else list(scales)
         self.maps = scale_maps(num_clips, self.scales, frame_stride)
         self.nms = {**DEFAULT_NMS, **(nms or {})}
@@ -208,7 +215,10 @@ class S2DTAN(nn.Module):
             parts[f"scale{s}"] = scaled_iou_bce(logits, head.target_map(target), head.proposal_mask, self.min_iou,
                                                 self.max_iou, self.bias)
             counts.append(len(head.cells))
-        total = sum(count * part for count, part in zip(counts, parts.values())) / sum(counts)
+        if self.scale_weighting == "equal":
+            total = sum(parts.values())
+        else:
+            total = sum(count * part for count, part in zip(counts, parts.values())) / sum(counts)
         return {"loss": total, **{f"loss_{name}": value.detach() for name, value in parts.items()}}
 
     @torch.no_grad()
@@ -231,14 +241,15 @@ class S2DTAN(nn.Module):
 
 MODEL_KEYS = {"input_dim", "num_clips", "frame_stride", "scales", "hidden_dim", "prop", "map_kernel", "map_layers",
               "loss", "nms", "max_proposals"}
-LOSS_KEYS = {"min_iou", "max_iou", "bias"}
+LOSS_KEYS = {"min_iou", "max_iou", "bias", "scale_weighting"}
+SCALE_WEIGHTINGS = ("equal", "cells")
 
 
 @MODELS.register("s2dtan")
 def build_s2dtan(cfg: dict) -> S2DTAN:
     """An S2DTAN from the `model` section of a config (keys: MODEL_KEYS; `name`/`type` are ignored).
 
-    `loss` holds min_iou / max_iou / bias (2D-TAN's scaled IoU); `nms` the settings of
+    `loss` holds min_iou / max_iou / bias (2D-TAN's scaled IoU) and scale_weighting; `nms` the settings of
     `tal.ops.nms.postprocess_detections` (NMS_KEYS) over DEFAULT_NMS; `max_proposals` caps the output.
     """
     if "max_detections" in (cfg.get("nms") or {}):

@@ -34,6 +34,7 @@ from tal.errors import TalInputError
 from tal.registry import MODELS, model_section
 from tal.models.layers import MaskedMapConv, TemporalConvPool, iter_span_max
 from tal.models.text import Vocabulary, build_text_encoder
+from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import tiou
 
 SHORT_SPAN_LAYERS = 16
@@ -147,52 +148,23 @@ def _sorted_candidates(score_map: torch.Tensor, valid_mask: torch.Tensor | None)
     return clips, scores
 
 
-def greedy_nms_sorted(segments: torch.Tensor, threshold: float, top_k: int | None) -> torch.Tensor:
-    """Greedy NMS over candidates already sorted best first, a batch at a time.
-
-    segments [B, M, 2] -> kept [B, K] indices (K <= top_k; -1 pads a row that ran out of candidates).
-    A candidate is dropped when its IoU with a kept one exceeds `threshold` (2D-TAN's `nms`). Each of
-    the at most top_k rounds is one vectorised IoU of the new pick against all candidates.
-    """
-    num_queries, num_candidates = segments.shape[:2]
-    rounds = num_candidates if top_k is None or top_k <= 0 else min(top_k, num_candidates)
-    position = torch.arange(num_candidates, device=segments.device).expand(num_queries, -1)  # [B, M]
-    alive = torch.ones(num_queries, num_candidates, dtype=torch.bool, device=segments.device)
-    kept = []
-    for _ in range(rounds):
-        pick = torch.where(alive, position, num_candidates).min(dim=1).values  # [B] first alive
-        has_pick = pick < num_candidates
-        if not has_pick.any():
-            break
-        pick = pick.clamp(max=num_candidates - 1)
-        chosen = segments.gather(1, pick[:, None, None].expand(-1, 1, 2))  # [B, 1, 2]
-        alive &= tiou(segments, chosen) <= threshold
-        alive[torch.arange(num_queries), pick] = False
-        kept.append(torch.where(has_pick, pick, -1))
-    if not kept:
-        return torch.full((num_queries, 0), -1, dtype=torch.long, device=segments.device)
-    return torch.stack(kept, dim=1)
-
-
-def decode_moments(score_map: torch.Tensor, durations, nms_threshold: float, top_k: int | None,
+def decode_moments(score_map: torch.Tensor, durations, nms_threshold: float | None, top_k: int | None,
                    valid_mask: torch.Tensor | None = None) -> list[list[tuple[float, float, float]]]:
     """Score maps [B, N, N] and durations [B] (s) -> per query, up to top_k (start_s, end_s, score), best first.
 
-    2D-TAN's protocol: every cell with start <= end (or only `valid_mask` cells) is ranked by score,
-    then greedy NMS at `nms_threshold` keeps the first top_k survivors (top_k None or <= 0: all), and
-    cell (i, j) becomes [i, j + 1] * duration / N. IoU is taken in clip units, where it is exact, so a
-    pair at exactly the threshold is always kept (2D-TAN's float32 seconds decide such ties by
-    rounding). Passing the model's mask gives the same moments unless fewer than top_k valid cells
-    survive NMS (2D-TAN would then append invalid cells, scored 0).
+    2D-TAN's protocol (moment_localization/train.py, lib/core/eval.py): every cell with start <= end
+    (or only `valid_mask` cells) is ranked by score, cell (i, j) becomes [i, j + 1] * duration / N
+    seconds, and greedy NMS at `nms_threshold` (`tal.ops.ranked_nms`) over that whole ranked list keeps
+    the first top_k survivors (top_k None or <= 0: all). The evaluator then ranks these moments as they
+    are: this is the pipeline's only NMS. Overlaps are taken in float64 on the seconds written out
+    (2D-TAN: on float32 seconds), so re-running the evaluator's NMS on them keeps every moment.
+    Passing the model's mask gives the same moments unless fewer than top_k valid cells survive NMS
+    (2D-TAN would then append invalid cells, scored 0).
     """
     clips, scores = _sorted_candidates(score_map.detach().float(), valid_mask)  # [B, M, 2], [B, M]
-    kept = greedy_nms_sorted(clips, nms_threshold, top_k)  # [B, K]
-    index = kept.clamp(min=0)
-    durations_s = torch.as_tensor(durations, dtype=torch.float64, device=clips.device)  # [B]
-    moments_s = clips.gather(1, index[..., None].expand(-1, -1, 2)) * (durations_s / score_map.shape[-1])[:, None, None]
-    rows = torch.cat([moments_s, scores.double().gather(1, index)[..., None]], dim=-1)  # [B, K, 3]
-    counts = (kept >= 0).sum(1).tolist()
-    return [[tuple(m) for m in row[:n]] for row, n in zip(rows.cpu().tolist(), counts)]
+    durations_s = torch.as_tensor(durations, dtype=torch.float64, device=clips.device).flatten()  # [B]
+    moments_s = clips * (durations_s / score_map.shape[-1])[:, None, None]  # [B, M, 2]
+    return kept_moments(moments_s, scores, ranked_nms(moments_s, None, nms_threshold, top_k))
 
 
 class SparsePropPool(nn.Module):
@@ -311,7 +283,7 @@ class Tan2D(nn.Module):
         """Score maps [B, N, N]: sigmoid on the valid cells, 0 elsewhere."""
         return torch.sigmoid(self.logits(batch)) * self.mask
 
-    def decode(self, score_map: torch.Tensor, durations_s, nms_threshold: float = 0.5,
+    def decode(self, score_map: torch.Tensor, durations_s, nms_threshold: float | None = 0.5,
                top_k: int | None = 5) -> list[list[tuple[float, float, float]]]:
         """`decode_moments` over this model's valid cells."""
         return decode_moments(score_map, durations_s, nms_threshold, top_k, valid_mask=self.mask)

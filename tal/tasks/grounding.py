@@ -22,7 +22,8 @@ from tal.errors import TalInputError
 from tal.eval.grounding import evaluate_grounding
 from tal.features.cache import FeatureCache, open_feature_cache
 from tal.models.layers import average_to_num_clips
-from tal.models.text import Vocabulary, tokenize
+from tal.models.text import LEARNED, Vocabulary, get_tokenizer
+from tal.models.word_vectors import GLOVE_HINT
 from tal.registry import MODELS, TASKS
 from tal.tasks.base import Task, check_section, require_files
 
@@ -76,6 +77,12 @@ class GroundingTask(Task):
         self.model_cfg = dict(cfg.get("model") or {})
         if self.model_cfg.get("name") not in ("2dtan", "man"):
             raise TalInputError(f"model {self.model_cfg.get('name')!r} is not a grounding head (2dtan, man)")
+        self.text_cfg = dict(self.model_cfg.get("text") or {})
+        if "tokenizer" not in self.text_cfg:  # checkpoints from before tokenizers had names used tal's
+            legacy = meta is not None and meta.get("vocab") is not None and "tokenizer" not in meta
+            self.text_cfg["tokenizer"] = "words" if legacy else "split"
+        self.model_cfg["text"] = self.text_cfg
+        self.tokenize = get_tokenizer(self.text_cfg["tokenizer"])
         self.normalize = bool(self.data.get("normalize", True))
         self.num_steps = check_number(self.model_cfg, "num_clips", "model", 16, int, 1) * check_number(
             self.model_cfg, "frame_stride", "model", 1, int, 1)
@@ -84,7 +91,26 @@ class GroundingTask(Task):
         self.splits: dict[str, list[GroundingQuery]] = {}
         self.cache: FeatureCache | None = None
         if meta is None:
+            self._check_text_input()
             self._load_data()
+
+    def _check_text_input(self) -> None:
+        """An LSTM reads GloVe unless learned embeddings are asked for by name (2D-TAN always reads GloVe)."""
+        if self.text_cfg.get("encoder", "lstm") == "lstm" and not self.text_cfg.get("word_vectors"):
+            raise TalInputError(f"model.text.word_vectors is not set: 2D-TAN reads frozen GloVe 6B 300-d vectors; "
+                                f"{GLOVE_HINT}")
+
+    def text_input(self) -> str:
+        """What the sentence encoder reads, in words, for the log."""
+        text = self.text_cfg
+        if text.get("encoder", "lstm") != "lstm":
+            return f"text: {text.get('encoder')} sentence vectors"
+        tokenizer = f"tokenizer {text.get('tokenizer', 'split')}"
+        if text.get("word_vectors") in (None, LEARNED):
+            return f"text: learned word embeddings, NO GloVe (model.text.word_vectors=learned); {tokenizer}"
+        vocabulary = text.get("vocabulary", "glove")
+        scope = "every GloVe word" if vocabulary == "glove" else "the training words' GloVe rows"
+        return f"text: frozen GloVe vectors from {text['word_vectors']} ({scope}); {tokenizer}"
 
     # ------------------------------------------------------------------ data
     def _load_data(self) -> None:
@@ -104,11 +130,14 @@ class GroundingTask(Task):
             raise TalInputError(f"model.input_dim={given} but {self.cache.path} holds {dim}-d features; "
                                 f"drop model.input_dim (it is read from the cache) or use matching features")
         self.model_cfg["input_dim"] = dim
-        self.meta = {"features": feature_settings(self.cache), "input_dim": dim, "num_steps": self.num_steps}
-        text = self.model_cfg.get("text") or {}
-        if text.get("encoder", "lstm") == "lstm" and not text.get("vocab"):
+        self.meta = {"features": feature_settings(self.cache), "input_dim": dim, "num_steps": self.num_steps,
+                     "tokenizer": self.text_cfg["tokenizer"]}
+        text = self.text_cfg
+        reads_table = text.get("word_vectors") not in (None, LEARNED) and text.get("vocabulary", "glove") == "glove"
+        if text.get("encoder", "lstm") == "lstm" and not text.get("vocab") and not reads_table:
             sentences = [q.query for q in self.splits["train"]]
-            vocab = Vocabulary.from_sentences(sentences, min_count=int(text.get("min_count", 1)))
+            vocab = Vocabulary.from_sentences(sentences, min_count=int(text.get("min_count", 1)),
+                                              tokenizer=text.get("tokenizer", "split"))
             self.meta["vocab"] = vocab.tokens
 
     def _load_split(self, split: str) -> list[GroundingQuery]:
@@ -162,7 +191,7 @@ class GroundingTask(Task):
                    segments_s: list[tuple[float, float]] | None = None) -> dict:
         """A batch in the grounding heads' contract (tal.models.tan2d / tal.models.man)."""
         for sentence in sentences:
-            if not tokenize(sentence):
+            if not self.tokenize(sentence):
                 raise TalInputError(f"query {sentence!r} has no words")
         batch = self.text_inputs(model, sentences)
         unique = list({id(c): c for c in clips}.values())  # queries about one video share its clips tensor
@@ -193,19 +222,30 @@ class GroundingTask(Task):
             raise TalInputError(f"dataset.{split} is not set")
         return self.splits[split]
 
-    @torch.no_grad()
-    def predict(self, model: nn.Module, split: str, device: torch.device) -> list[dict]:
+    def eval_batches(self, model: nn.Module, split: str, device: torch.device, with_segments: bool = False):
+        """(queries, batch on `device`) for the split in batches of eval.batch_size, the model in eval mode."""
         from tal.tasks.base import to_device
 
         model.eval()
         queries = self.split_queries(split)
         size = int(self.eval_cfg.get("batch_size", 32))
-        rows = []
         for start in range(0, len(queries), size):
             chunk = queries[start:start + size]
             batch = self.make_batch(model, [self._clips_of(q.video) for q in chunk], [q.query for q in chunk],
-                                    [q.duration for q in chunk])
-            for q, moments in zip(chunk, self.rank_moments(model, to_device(batch, device))):
+                                    [q.duration for q in chunk], [q.segment for q in chunk] if with_segments else None)
+            yield chunk, to_device(batch, device)
+
+    @torch.no_grad()
+    def validation_loss(self, model: nn.Module, split: str, device: torch.device) -> float:
+        """Mean over batches of eval.batch_size of the loss in eval mode, as 2D-TAN's val loss."""
+        losses = [float(model(batch)["loss"]) for _, batch in self.eval_batches(model, split, device, True)]
+        return float(np.mean(losses))
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, split: str, device: torch.device) -> list[dict]:
+        rows = []
+        for chunk, batch in self.eval_batches(model, split, device):
+            for q, moments in zip(chunk, self.rank_moments(model, batch)):
                 rows.append({"video": q.video, "query": q.query, "segment": list(q.segment),
                              "moments": [[float(s), float(e), float(c)] for s, e, c in moments]})
         return rows
@@ -215,7 +255,7 @@ class GroundingTask(Task):
         truth = np.asarray([row["segment"] for row in predictions], dtype=np.float64)
         result = evaluate_grounding(moments, truth, recalls=self.eval_cfg.get("recall", (1, 5)),
                                     ious=self.eval_cfg.get("iou", (0.3, 0.5, 0.7)),
-                                    nms_threshold=float(self.eval_cfg.get("nms", 0.5)),
+                                    nms_threshold=None,  # the decoder ran the one NMS (rank_moments)
                                     iou_ge=bool(self.eval_cfg.get("iou_ge", False)))
         return result.to_json()
 
@@ -232,6 +272,11 @@ class GroundingTask(Task):
     def val_split(self) -> str:
         return "val" if "val" in self.splits else "test"
 
+    @property
+    def selected_on_test(self) -> bool:
+        return "val" not in self.splits and not self.data.get("val")
+
     def describe(self) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in self.splits.items())
-        return f"grounding: {counts} queries; {self.meta.get('input_dim')}-d features -> {self.num_steps} clips"
+        return (f"grounding: {counts} queries; {self.meta.get('input_dim')}-d features -> {self.num_steps} clips; "
+                f"{self.text_input()}")

@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 
 SYNTHETIC = {  # --synthetic MODEL: (config, overrides, training videos)
     "2dtan": ("configs/synthetic/2dtan.yaml", ["train.epochs=2", "eval.interval=2"], 24),
-    "charades-2dtan": ("configs/charades_sta/2dtan_pool.yaml", ["train.epochs=1", "train.batch_size=8"], 4),
+    "charades-2dtan": ("configs/charades_sta/2dtan_pool.yaml",  # synthetic sentences: no GloVe
+                       ["train.epochs=1", "train.batch_size=8", "model.text.word_vectors=learned"], 4),
 }
 CACHE_STEPS = 675  # 675 steps x stride 8 / 30 fps = 180 s
 
