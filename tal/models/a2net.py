@@ -54,7 +54,7 @@ THUMOS_RATIOS = (0.5, 0.75, 1.0, 1.5, 2.0)
 THUMOS_LOSS_WEIGHTS = {"ab_cls": 1.0, "ab_overlap": 10.0, "ab_loc": 10.0, "af_cls": 30.0, "af_reg": 1.0}
 THUMOS_NMS = {"method": "hard", "iou_threshold": 0.2, "max_detections": 200}
 NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "max_detections", "class_agnostic",
-            "voting_threshold"}  # tal.ops.nms.postprocess_detections
+            "voting_threshold", "voting_weight"}  # tal.ops.nms.postprocess_detections
 BASE_STRIDE = 2
 
 

@@ -89,7 +89,8 @@ from tal.registry import MODELS, model_section
 
 LOSS_WEIGHTS = {"boundary": 1.0, "map_reg": 10.0, "map_cls": 1.0, "consistency": 0.0}
 DEFAULT_NMS = {"method": "soft-gaussian", "sigma": 0.4}
-NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "voting_threshold"}
+NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "voting_threshold",
+            "voting_weight"}
 SAMPLING_CHUNK = 256  # cells whose sampling weights are computed at once when the matrix is built
 
 

@@ -78,7 +78,7 @@ OFFICIAL_PROPOSAL_NMS = {"method": "hard", "iou_threshold": 0.45, "max_detection
 OFFICIAL_NMS = {"method": "hard", "iou_threshold": 0.45, "max_detections": 20}
 RANK_CHUNK = 2048  # proposals ranked at once at inference (their samples take 2 * 12 * D floats each)
 NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "max_detections", "class_agnostic",
-            "voting_threshold"}  # tal.ops.nms.postprocess_detections
+            "voting_threshold", "voting_weight"}  # tal.ops.nms.postprocess_detections
 
 
 def proposal_centres(num_steps: int, base_length: float, centre_stride: float) -> torch.Tensor:
