@@ -206,3 +206,12 @@ def test_proposal_heads_beat_sliding_windows_by_a_wide_margin(head, tmp_path_fac
     baseline = sliding.best_row(sliding.baseline_table(load_subset(data.annotations, "validation"), [4, 5, 6, 7]))
     assert baseline["AR@100"] == pytest.approx(0.400, abs=0.001)  # no model: the same on every build
     assert value - baseline["AR@100"] >= WIDE_MARGIN
+
+
+@pytest.mark.parametrize("name", [n for n in detection_configs() if not n.startswith("synthetic/")])
+def test_benchmark_configs_train_without_gradient_clipping(name, tmp_path):
+    # A2Net's, TCN's, BMN's and BSN++'s official training loops never clip the gradient norm
+    from tal.engine.trainer import Trainer
+
+    trainer = Trainer(load_config(CONFIGS / f"{name}.yaml"), tmp_path, progress=False)
+    assert trainer.clip == 0.0
