@@ -85,7 +85,7 @@ def test_anchor_free_assignment_by_hand():
     gt, labels, valid = pad_ground_truth(
         [torch.tensor([[2.0, 5.0], [8.0, 16.0], [2.0, 6.0]]), torch.zeros(0, 2)],
         [torch.tensor([2, 0, 1]), torch.zeros(0, dtype=torch.long)], torch.device("cpu"))
-    classes, distances = assign_points(centres, level, af_duration_ranges(strides), gt, labels, valid)
+    classes, distances, _ = assign_points(centres, level, af_duration_ranges(strides), gt, labels, valid)
     expected = torch.zeros(2, 14, dtype=torch.long)
     # [2, 5] (duration 3) -> level 0, centres 3 and 5 (ends included), class 2 + 1; it is listed before
     # [2, 6] (duration 4: levels 0 and 1), which therefore only gets level-1 centres 2 and 6, class 1 + 1;

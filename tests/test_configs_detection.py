@@ -31,6 +31,11 @@ REQUIRED = {f"synthetic/{h}" for h in HEADS} | {f"thumos14/{h}" for h in ("a2net
 BENCHMARKS = {"thumos14": (2048, 20, THUMOS14_TIOU), "activitynet13": (512, 200, ACTIVITYNET_TIOU),
               "synthetic": (64, 4, None)}
 
+THUMOS14_CLASSES = ["BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving", "CricketBowling",
+                    "CricketShot", "Diving", "FrisbeeCatch", "GolfSwing", "HammerThrow", "HighJump", "JavelinThrow",
+                    "LongJump", "PoleVault", "Shotput", "SoccerPenalty", "TennisSwing", "ThrowDiscus",
+                    "VolleyballSpiking"]
+
 
 def detection_configs() -> list[str]:
     """`<benchmark>/<name>` of every configs/*/*.yaml of a detection or proposal head (files named _* are bases)."""
@@ -51,7 +56,8 @@ def test_config_builds_its_head_without_data(name):
     input_dim, num_classes, tiou = BENCHMARKS[benchmark]
     cfg = load_config(CONFIGS / f"{name}.yaml")
     data, head = cfg["dataset"], cfg["model"]["name"]
-    meta = {"input_dim": input_dim, "classes": [f"class{i}" for i in range(num_classes)], "mode": data["mode"],
+    classes = THUMOS14_CLASSES if benchmark == "thumos14" else [f"class{i}" for i in range(num_classes)]
+    meta = {"input_dim": input_dim, "classes": classes, "mode": data["mode"],
             "num_steps": data["num_steps"]}
     task = build_task(cfg, meta=meta)
     model = task.build_model()

@@ -156,7 +156,7 @@ def test_assign_proposals_by_hand():
     proposals, _, valid = tcn_proposals(torch.tensor([16, 6]), 16, 2.0, 3, 1.0)
     gt, labels, gt_valid = pad_ground_truth([torch.tensor([[4.0, 8.0]]), torch.zeros(0, 2)],
                                             [torch.tensor([1]), torch.zeros(0, dtype=torch.long)], torch.device("cpu"))
-    kind, classes = assign_proposals(proposals, valid, gt, labels, gt_valid, 0.7, 0.3, torch.tensor([0.4, 0.5, 0.6]))
+    kind, classes, _ = assign_proposals(proposals, valid, gt, labels, gt_valid, 0.7, 0.3, torch.tensor([0.4, 0.5, 0.6]))
     assert kind.shape == classes.shape == (2, 15, 3)
     expected = torch.full((2, 15, 3), IGNORED)
     # centre 6: [5, 7] 0.5, [4, 8] 1.0, [2, 10] 0.5 -> the best scale is positive, the others scale negatives
@@ -176,7 +176,7 @@ def test_best_scale_ties_go_to_the_shortest_scale_and_labels_follow_the_best_gro
     proposals = torch.tensor([[[[0.0, 4.0], [0.0, 4.0]], [[10.0, 12.0], [9.0, 13.0]]]])  # [1, 2 centres, 2 scales, 2]
     gt, labels, gt_valid = pad_ground_truth([torch.tensor([[0.0, 4.0], [9.5, 13.0]])], [torch.tensor([0, 2])],
                                             torch.device("cpu"))
-    kind, classes = assign_proposals(proposals, torch.ones(1, 2, dtype=torch.bool), gt, labels, gt_valid, 0.7, 0.3,
+    kind, classes, _ = assign_proposals(proposals, torch.ones(1, 2, dtype=torch.bool), gt, labels, gt_valid, 0.7, 0.3,
                                      torch.tensor([0.5, 0.5]))
     assert kind.tolist() == [[[POSITIVE, SCALE_NEGATIVE], [SCALE_NEGATIVE, POSITIVE]]]  # [10, 12] 2/3.5, [9, 13] 3.5/4
     assert classes.tolist() == [[[1, 1], [3, 3]]]

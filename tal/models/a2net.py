@@ -16,6 +16,8 @@ every level:
   S <= d <= 2S (the first level takes [0, 2S], the last [S, inf)); there, every position whose centre
   lies inside it (ends included) is positive, the first such ground truth in annotation order
   winning. Cross-entropy over all valid positions, smooth L1 on the positives' distances.
+- both modules: a segment annotated with several labels trains each of them (`tal.models.targets`:
+  the positive's target is spread evenly over its labels; the official code trains the first only).
 Total loss = 1 * ab_cls + 10 * ab_overlap + 10 * ab_loc + 30 * af_cls + 1 * af_reg (the official
 THUMOS14 weights; `loss_weights` overrides). At inference an anchor scores softmax * sigmoid(overlap)
 and is dropped when its background probability is >= 0.98; a position scores its softmax; both sets
@@ -46,6 +48,7 @@ from torch import nn
 
 from tal.errors import TalInputError
 from tal.models.anchors import anchor_centres_widths, decode_segments, match_segments, mine_negatives
+from tal.models.targets import class_targets, label_distributions
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, model_section
 
@@ -91,12 +94,14 @@ def pad_ground_truth(segments: list[torch.Tensor], labels: list[torch.Tensor],
 
 
 def assign_points(centres: torch.Tensor, point_level: torch.Tensor, ranges: torch.Tensor, gt_segments: torch.Tensor,
-                  gt_labels: torch.Tensor, gt_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor-free targets: class (0 = background, else label + 1) and (to start, to end) distances.
+                  gt_labels: torch.Tensor, gt_valid: torch.Tensor,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchor-free targets: class (0 = background, else label + 1), (to start, to end) distances and the
+    ground truth each position was given.
 
     centres [P] and point_level [P] long describe the positions; ranges [L, 2] the duration range per
     level (`af_duration_ranges`); gt_segments [B, G, 2], gt_labels [B, G], gt_valid [B, G].
-    -> classes [B, P] long, distances [B, P, 2] in feature steps (0 on background).
+    -> classes [B, P] long, distances [B, P, 2] in feature steps (0 on background), index [B, P] long.
     """
     start, end = gt_segments[..., 0], gt_segments[..., 1]  # [B, G]
     duration = end - start  # [B, G]
@@ -106,14 +111,14 @@ def assign_points(centres: torch.Tensor, point_level: torch.Tensor, ranges: torc
     inside = (c >= start[:, None, :]) & (c <= end[:, None, :])  # [B, P, G]
     candidate = in_range & inside & gt_valid[:, None, :]  # [B, P, G]
     if candidate.shape[-1] == 0:
-        return (torch.zeros(candidate.shape[:2], dtype=torch.long, device=centres.device),
-                centres.new_zeros(*candidate.shape[:2], 2))
+        zeros = torch.zeros(candidate.shape[:2], dtype=torch.long, device=centres.device)
+        return zeros, centres.new_zeros(*candidate.shape[:2], 2), zeros
     first = candidate.int().argmax(dim=-1)  # [B, P], first candidate in annotation order
     assigned = candidate.any(dim=-1)  # [B, P]
     classes = torch.where(assigned, gt_labels.gather(1, first) + 1, torch.zeros_like(first))
     chosen = gt_segments.gather(1, first[..., None].expand(-1, -1, 2))  # [B, P, 2]
     distances = torch.stack([centres - chosen[..., 0], chosen[..., 1] - centres], dim=-1)  # [B, P, 2]
-    return classes, distances * assigned[..., None]
+    return classes, distances * assigned[..., None], first
 
 
 def _conv(in_dim: int, out_dim: int, kernel_size: int, stride: int = 1) -> nn.Conv1d:
@@ -290,8 +295,9 @@ class A2Net(nn.Module):
         positive, hard, easy = mine_negatives(best, out["ab_overlap"].detach(), out["ab_valid"], self.match_tiou,
                                               self.negative_ratio)
         selected = positive | hard | easy  # [B, A]
-        classes = torch.where(positive, gt_labels.gather(1, index) + 1, torch.zeros_like(index))  # [B, A]
-        cls = _mean_or_zero(F.cross_entropy(out["ab_logits"][selected], classes[selected], reduction="none"),
+        targets = class_targets(label_distributions(gt_segments, gt_labels, gt_valid, self.num_classes), index,
+                                positive)  # [B, A, C+1]
+        cls = _mean_or_zero(F.cross_entropy(out["ab_logits"][selected], targets[selected], reduction="none"),
                             out["ab_logits"])
         overlap = _mean_or_zero(F.smooth_l1_loss(out["ab_overlap"][selected], best[selected], reduction="none"),
                                 out["ab_overlap"])
@@ -302,10 +308,12 @@ class A2Net(nn.Module):
 
     def _anchor_free_loss(self, out: dict, gt_segments: torch.Tensor, gt_labels: torch.Tensor,
                           gt_valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        classes, distances = assign_points(out["points"], out["point_level"], self.af_ranges, gt_segments, gt_labels,
-                                           gt_valid)  # [B, P], [B, P, 2]
+        classes, distances, index = assign_points(out["points"], out["point_level"], self.af_ranges, gt_segments,
+                                                  gt_labels, gt_valid)  # [B, P], [B, P, 2], [B, P]
         valid = out["af_valid"]  # [B, P]
-        cls = _mean_or_zero(F.cross_entropy(out["af_logits"][valid], classes[valid], reduction="none"),
+        soft = class_targets(label_distributions(gt_segments, gt_labels, gt_valid, self.num_classes), index,
+                             classes > 0)  # [B, P, C+1]
+        cls = _mean_or_zero(F.cross_entropy(out["af_logits"][valid], soft[valid], reduction="none"),
                             out["af_logits"])
         positive = valid & (classes > 0)
         targets = distances[positive] / self.strides[0]  # [num_pos, 2], level-0 steps

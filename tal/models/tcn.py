@@ -66,6 +66,7 @@ from tal.errors import TalInputError
 from tal.models.a2net import pad_ground_truth
 from tal.models.anchors import match_segments
 from tal.models.layers import sample_segment_features
+from tal.models.targets import class_targets, label_distributions
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, model_section
 
@@ -112,7 +113,7 @@ def tcn_proposals(num_valid: torch.Tensor, num_steps: int, base_length: float, n
 
 def assign_proposals(proposals: torch.Tensor, valid: torch.Tensor, gt_segments: torch.Tensor, gt_labels: torch.Tensor,
                      gt_valid: torch.Tensor, pos_tiou: float, neg_tiou: float,
-                     class_tiou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     class_tiou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Kind and class target of every proposal (the official TCN sampler's rules).
 
     proposals [B, J, K, 2], valid [B, J]; gt_segments [B, G, 2], gt_labels [B, G], gt_valid [B, G];
@@ -121,7 +122,7 @@ def assign_proposals(proposals: torch.Tensor, valid: torch.Tensor, gt_segments: 
     whose best tIoU is < neg_tiou makes all its scales HARD_NEGATIVE; the rest are IGNORED.
     Class target: 1 + the label of the ground truth a proposal overlaps most when that tIoU >=
     class_tiou[scale], else 0 (background); always 0 for hard negatives.
-    -> kind [B, J, K] long, classes [B, J, K] long.
+    -> kind [B, J, K] long, classes [B, J, K] long, index [B, J, K] long (the ground truth overlapped most).
     """
     batch, num_centres, num_scales, _ = proposals.shape
     best, index, _ = match_segments(proposals.reshape(batch, -1, 2), gt_segments, gt_valid, pos_tiou)  # [B, P] x2
@@ -137,7 +138,7 @@ def assign_proposals(proposals: torch.Tensor, valid: torch.Tensor, gt_segments: 
     label = (gt_labels.gather(1, index) + 1).view(batch, num_centres, num_scales)  # [B, J, K]
     classes = torch.where(best >= class_tiou.to(best.device), label, torch.zeros_like(label))
     classes[kind == HARD_NEGATIVE] = 0
-    return kind, classes
+    return kind, classes, index.view(batch, num_centres, num_scales)
 
 
 def sample_proposals(kind: torch.Tensor, counts: dict[int, int],
@@ -266,9 +267,11 @@ class TCN(nn.Module):
         num_valid = mask.sum(dim=1)  # [B]
         proposals, contexts, valid = self.proposals(num_valid, features.shape[1])  # [B, J, K, 2] x2, [B, J]
         gt_segments, gt_labels, gt_valid = pad_ground_truth(batch["segments"], batch["labels"], features.device)
-        kind, classes = assign_proposals(proposals, valid, gt_segments, gt_labels, gt_valid,
-                                         self.pos_tiou, self.neg_tiou, self.class_tiou)  # [B, J, K] x2
+        kind, classes, matched = assign_proposals(proposals, valid, gt_segments, gt_labels, gt_valid,
+                                                  self.pos_tiou, self.neg_tiou, self.class_tiou)  # [B, J, K] x3
         kind, classes = kind.flatten(1), classes.flatten(1)  # [B, P], P = J * K, centre-major
+        soft = class_targets(label_distributions(gt_segments, gt_labels, gt_valid, self.num_classes),
+                             matched.flatten(1), classes > 0)  # [B, P, C+1]
         proposals, contexts = proposals.flatten(1, 2), contexts.flatten(1, 2)  # [B, P, 2]
         counts = {KIND_NAMES[name]: count for name, count in self.samples_per_video.items()}
         video, index = sample_proposals(kind, counts).nonzero(as_tuple=True)  # [N] x2
@@ -276,7 +279,7 @@ class TCN(nn.Module):
         context_samples = self._samples(features, num_valid, video, contexts[video, index])  # [N, S, D]
         rank_target = (kind[video, index] == POSITIVE).long()  # [N]
         parts = {"rank": _cross_entropy(self.rank_logits(proposal_samples, context_samples), rank_target),
-                 "cls": _cross_entropy(self.class_logits(proposal_samples), classes[video, index])}
+                 "cls": _cross_entropy(self.class_logits(proposal_samples), soft[video, index])}
         total = sum(self.loss_weights[name] * value for name, value in parts.items())
         return {"loss": total, **{f"loss_{name}": value.detach() for name, value in parts.items()}}
 

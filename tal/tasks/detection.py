@@ -3,8 +3,8 @@
 Heads work in feature steps (feature i spans [i, i + 1)); this task converts with DESIGN.md's time
 rule, step x <-> t = ((x - 0.5) * stride + window / 2) / fps seconds, clipped to [0, duration].
 Two ways to feed a video (`dataset.mode`):
-- "window" (THUMOS14 style): windows of `num_steps` features, consecutive windows overlapping by
-  `window_overlap`; training uses the windows that hold at least one instance with `min_coverage` of
+- "window" (THUMOS14 style): windows of `num_steps` features, consecutive training windows overlapping
+  by `window_overlap` and inference windows by `test_window_overlap` (default: the same); training uses the windows that hold at least one instance with `min_coverage` of
   its length inside (instances are clipped to the window); at inference every window is predicted, the
   detections shifted back, merged per video and passed through the head's NMS again.
 - "rescale" (ActivityNet style): each video's features linearly resampled to `num_steps` steps.
@@ -13,7 +13,9 @@ classification submission, `{"results": {vid: [{"label", "score"}]}}`) each prop
 the video's `classes_per_proposal` best classes (score = proposal x class score) into detections.
 
 dataset keys: features, annotations, format, train_subset, val_subset, mode, num_steps, window_overlap,
-min_coverage, strip_prefix, classification, classes_per_proposal.
+test_window_overlap, min_coverage, strip_prefix, classification, classes_per_proposal, also_emit ({class: other class}: every
+detection of `class` is also emitted as `other class` before the video's NMS; the official A2Net THUMOS14
+code does this for CliffDiving -> Diving, lib/core/post_process.py, CATE_IDX_OCC / CATE_IDX_REP).
 eval keys: tiou (detection thresholds, "A:B:STEP" or a list; default 0.5:0.95:0.05), max_detections
 (per video, 200), batch_size, metric, interval.
 """
@@ -40,7 +42,8 @@ from tal.tasks.base import Task, check_section, require_files, to_device
 from tal.tasks.grounding import feature_settings
 
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
-                "window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal"}
+                "window_overlap", "test_window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal",
+                "also_emit"}
 EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval"}
 MODES = ("window", "rescale")
 PROPOSAL_HEADS = {"bsnpp", "s2dtan"}  # their modules set `proposal_head = True`
@@ -123,9 +126,10 @@ class DetectionTask(Task):
             raise TalInputError(f"dataset.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.num_steps = int(self.data.get("num_steps", 128))
         self.overlap = float(self.data.get("window_overlap", 0.25))
-        if self.num_steps < 2 or not 0.0 <= self.overlap < 1.0:
-            raise TalInputError(f"dataset.num_steps must be >= 2 and dataset.window_overlap in [0, 1), got "
-                                f"{self.num_steps} and {self.overlap}")
+        self.test_overlap = float(self.data.get("test_window_overlap", self.overlap))
+        if self.num_steps < 2 or not (0.0 <= self.overlap < 1.0 and 0.0 <= self.test_overlap < 1.0):
+            raise TalInputError(f"dataset.num_steps must be >= 2 and dataset.window_overlap, test_window_overlap in "
+                                f"[0, 1), got {self.num_steps}, {self.overlap} and {self.test_overlap}")
         self.min_coverage = float(self.data.get("min_coverage", 0.5))
         self.tiou = parse_tiou(self.eval_cfg.get("tiou"))
         self.cache: FeatureCache | None = None
@@ -135,6 +139,30 @@ class DetectionTask(Task):
         if meta is None:
             self._load_data()
         self.classes: list[str] = list(self.meta["classes"])
+        self.also_emit = self._also_emit_pairs(self.data.get("also_emit") or {})
+
+    def _also_emit_pairs(self, mapping: dict) -> torch.Tensor:
+        """dataset.also_emit as class-index pairs [M, 2] (from, to)."""
+        if not isinstance(mapping, dict):
+            raise TalInputError(f"dataset.also_emit must map a class to another, e.g. {{CliffDiving: Diving}}, "
+                                f"got {mapping!r}")
+        unknown = sorted(str(c) for pair in mapping.items() for c in pair if c not in self.classes)
+        if unknown:
+            raise TalInputError(f"dataset.also_emit names {', '.join(unknown)}, not classes of the training subset "
+                                f"({', '.join(self.classes[:5])}, ...); fix the class names or drop dataset.also_emit")
+        index = {c: i for i, c in enumerate(self.classes)}
+        return torch.tensor([[index[a], index[b]] for a, b in mapping.items()], dtype=torch.long).reshape(-1, 2)
+
+    def emit_also(self, segments: torch.Tensor, scores: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append a copy of every detection of a `from` class of dataset.also_emit, labelled `to`."""
+        copies = [(labels == a).nonzero()[:, 0] for a, _ in self.also_emit.tolist()]
+        targets = [torch.full((len(c),), b, dtype=labels.dtype) for c, (_, b) in zip(copies, self.also_emit.tolist())]
+        if not copies:
+            return segments, scores, labels
+        rows = torch.cat(copies)
+        return (torch.cat([segments, segments[rows]]), torch.cat([scores, scores[rows]]),
+                torch.cat([labels, torch.cat(targets)]))
 
     # ------------------------------------------------------------------ data
     def _load_data(self) -> None:
@@ -183,7 +211,7 @@ class DetectionTask(Task):
             timing = Timing.of(self.cache.meta(vid), annotation.duration)
             segments = timing.to_steps(annotation.segments.reshape(-1, 2))  # [N, 2] video steps
             labels = np.array([index[label] for label in annotation.labels], dtype=np.int64)
-            for chunk in self.chunks(vid, timing.num_features):
+            for chunk in self.chunks(vid, timing.num_features, training=True):
                 local = (segments - chunk.offset) / chunk.scale  # [N, 2] chunk steps
                 clipped = local.clip(0.0, chunk.num_valid)
                 length = np.maximum(local[:, 1] - local[:, 0], 1e-9)
@@ -192,12 +220,13 @@ class DetectionTask(Task):
                     items.append((chunk, clipped[keep].astype(np.float32), labels[keep]))
         return items
 
-    def chunks(self, video: str, num_features: int) -> list[Chunk]:
-        """The head inputs of a video, in the configured mode."""
+    def chunks(self, video: str, num_features: int, training: bool = False) -> list[Chunk]:
+        """The head inputs of a video, in the configured mode (training or inference window overlap)."""
         if self.mode == "rescale":
             return [Chunk(video, 0.0, num_features / self.num_steps, self.num_steps)]
+        overlap = self.overlap if training else self.test_overlap
         return [Chunk(video, float(start), 1.0, min(self.num_steps, num_features - start))
-                for start in window_starts(num_features, self.num_steps, self.overlap)]
+                for start in window_starts(num_features, self.num_steps, overlap)]
 
     def chunk_features(self, chunk: Chunk, features: torch.Tensor) -> torch.Tensor:
         """[num_valid, D] of the chunk (rescaled, or a window of the video)."""
@@ -261,7 +290,10 @@ class DetectionTask(Task):
                 labels.append(label.long().cpu())
         segments, scores, labels = torch.cat(segments), torch.cat(scores), torch.cat(labels)
         max_detections = int(self.eval_cfg.get("max_detections", 200))
-        if len(chunks) > 1 and len(scores):
+        emitted = len(self.also_emit) > 0 and not self.is_proposal_head(model)
+        if emitted:
+            segments, scores, labels = self.emit_also(segments, scores, labels)
+        if (len(chunks) > 1 or emitted) and len(scores):
             nms = dict(getattr(model, "nms", None) or {"method": "hard", "iou_threshold": 0.5})
             nms["max_detections"] = max_detections
             segments, scores, labels = postprocess_detections(segments, scores, labels, **nms)
