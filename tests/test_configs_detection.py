@@ -221,3 +221,10 @@ def test_benchmark_configs_train_without_gradient_clipping(name, tmp_path):
 
     trainer = Trainer(load_config(CONFIGS / f"{name}.yaml"), tmp_path, progress=False)
     assert trainer.clip == 0.0
+
+
+@pytest.mark.parametrize("name", [n for n in detection_configs() if n.startswith("thumos14/")])
+def test_thumos14_configs_import_features_at_each_videos_fps(name):
+    # THUMOS14 has videos at 30, 29.97, 25 and 24 fps: one --fps for all mis-times 31 of them
+    text = (CONFIGS / f"{name}.yaml").read_text()
+    assert "--video-info" in text and "--fps" not in text

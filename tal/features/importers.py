@@ -15,6 +15,9 @@ Timing is not stored in these files: `--fps`, `--stride` and `--window` say how 
 Durations come from `--durations FILE` when given, else ((T-1)*stride + window) / fps, the end of
 the last window. `--fps durations` derives a per-video rate from the durations instead, for sets
 whose videos were sampled at their own rates: fps = ((T-1)*stride + window) / duration.
+`--video-info FILE` (an ActivityNet-style JSON whose videos carry `fps` and `duration`, as
+ActionFormer's thumos14.json) gives each video its own frame rate and duration instead of `--fps`:
+THUMOS14 holds videos at 30, 29.97, 25 and 24 fps, and ActionFormer's loader reads each one's.
 """
 from __future__ import annotations
 
@@ -189,6 +192,23 @@ def read_durations(path: str | Path) -> dict[str, float]:
     return out
 
 
+def read_video_info(path: str | Path) -> dict[str, tuple[float, float]]:
+    """(fps, duration in seconds) per video from an ActivityNet-style JSON whose entries carry both."""
+    path = Path(path)
+    data = read_json(path)
+    db = data.get("database", data) if isinstance(data, dict) else None
+    if not isinstance(db, dict):
+        raise TalInputError(f"{path}: expected a JSON object of videos (ActivityNet 'database' style)")
+    out = {}
+    for vid, entry in db.items():
+        if not isinstance(entry, dict) or entry.get("fps") is None or entry.get("duration") is None:
+            raise TalInputError(f"{path}: video {vid!r} needs both 'fps' and 'duration' for --video-info; use an "
+                                f"annotation file that records them (e.g. ActionFormer's thumos14.json) or --fps")
+        fps = _duration(entry["fps"], f"{path}: video {vid!r} fps")
+        out[str(vid)] = (fps, _duration(entry["duration"], f"{path}: video {vid!r}"))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Import
 
@@ -196,8 +216,9 @@ def read_durations(path: str | Path) -> dict[str, float]:
 def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str | None, stride: int | None,
                     window: int | None, durations: str | Path | None = None, key: str | None = None,
                     transpose: bool = False, strip_prefix: str | None = None,
-                    backbone: str | None = None) -> ImportSummary:
-    """Convert `src` (layout `fmt`) into the feature cache `out` (written atomically)."""
+                    backbone: str | None = None, video_info: str | Path | None = None) -> ImportSummary:
+    """Convert `src` (layout `fmt`) into the feature cache `out` (written atomically); with `video_info`
+    each video's fps and duration come from that file (`read_video_info`)."""
     from tal.features.cache import write_feature_cache
 
     src, out = Path(src), Path(out)
@@ -206,13 +227,18 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
     if fmt == "activitynet-c3d":
         key = key or "c3d_features"
         stride, window = stride or 8, window or 16
+    if video_info is not None and (fps is not None or durations is not None):
+        raise TalInputError("--video-info gives every video its fps and duration: drop --fps and --durations")
+    info = read_video_info(video_info) if video_info is not None else None
+    if info is not None:
+        fps = "video-info"
     if stride is None or window is None or fps is None:
         raise TalInputError("--fps, --stride and --window are required: they say how the features were made, "
                             "e.g. ActionFormer's THUMOS14 I3D: --fps 30 --stride 4 --window 16")
     if stride <= 0 or window <= 0:
         raise TalInputError(f"--stride and --window must be positive, got {stride} and {window}")
     per_video_fps = fps == FPS_FROM_DURATIONS
-    if not per_video_fps:
+    if info is None and not per_video_fps:
         try:
             fps = float(fps)  # type: ignore[arg-type]
         except ValueError:
@@ -222,7 +248,10 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
     if per_video_fps and durations is None:
         raise TalInputError("--fps durations needs --durations FILE")
     table = read_durations(durations) if durations is not None else None
-    if table is not None:
+    if info is not None:
+        table = {vid: duration for vid, (_, duration) in info.items()}
+        duration_source = f"from {Path(video_info).name}"  # type: ignore[arg-type]
+    elif table is not None:
         duration_source = f"from {Path(durations).name}"  # type: ignore[arg-type]
     else:
         duration_source = "computed as ((T-1)*stride + window) / fps"
@@ -245,7 +274,9 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
                 if duration is None:
                     missing.append(raw_id)
                     continue
-            if per_video_fps:
+            if info is not None:
+                video_fps = info.get(vid, info.get(raw_id, (0.0, 0.0)))[0]
+            elif per_video_fps:
                 if num == 0:
                     summary.skipped.append(f"{vid}: zero features, no rate can be derived")
                     continue
@@ -262,7 +293,7 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
             yield vid, arr, {"fps": video_fps, "stride": stride, "window": window, "duration": duration}
         if missing:
             raise TalInputError(
-                f"{durations}: no duration for {len(missing)} videos (e.g. {', '.join(map(repr, missing[:3]))}); "
+                f"{video_info or durations}: no duration for {len(missing)} videos (e.g. {', '.join(map(repr, missing[:3]))}); "
                 f"fix the ids (e.g. --strip-prefix v_) or leave out --durations to compute them")
         if summary.num_videos == 0:
             raise TalInputError(f"{src}: no videos found")
