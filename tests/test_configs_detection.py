@@ -228,3 +228,25 @@ def test_thumos14_configs_import_features_at_each_videos_fps(name):
     # THUMOS14 has videos at 30, 29.97, 25 and 24 fps: one --fps for all mis-times 31 of them
     text = (CONFIGS / f"{name}.yaml").read_text()
     assert "--video-info" in text and "--fps" not in text
+
+
+def test_thumos14_tcn_caps_hold_every_instance_of_a_test_window(shared_data):
+    # ActivityNet's 20 proposals / 20 detections per input would cap THUMOS14 recall: a test window of
+    # 2304 I3D features (stride 4, window 16, each video's fps) holds up to 106 instances
+    from tal.tasks.detection import window_starts
+
+    cfg = load_config(CONFIGS / "thumos14/tcn.yaml")
+    num_steps, overlap = cfg["dataset"]["num_steps"], cfg["dataset"]["window_overlap"]
+    database = json.loads((shared_data / "thumos14/thumos14_actionformer.json").read_text())["database"]
+    most = 0
+    for video in database.values():
+        if video["subset"] != "Test" or not video["annotations"]:
+            continue
+        fps = video["fps"]
+        steps = (np.array([a["segment"] for a in video["annotations"]]) * fps - 8) / 4 + 0.5
+        num_features = int(round((video["duration"] * fps - 16) / 4 + 1))
+        for start in window_starts(num_features, num_steps, overlap):
+            most = max(most, int(((steps[:, 0] >= start) & (steps[:, 1] <= start + num_steps)).sum()))
+    assert most == 106
+    model = tcn.build_tcn({**cfg["model"], "input_dim": 8, "num_classes": 20})
+    assert model.proposal_nms["max_detections"] >= most and model.nms["max_detections"] >= most

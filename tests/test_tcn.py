@@ -23,6 +23,7 @@ from tal.models.tcn import (
     sample_proposals,
     tcn_proposals,
 )
+from tal.ops.nms import postprocess_detections
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
@@ -338,3 +339,26 @@ def test_build_rejects_bad_configs():
     model = build_tcn(tiny_cfg(name="tcn", class_tiou=0.5, samples_per_video={"hard_negative": 8}))
     assert model.class_tiou.tolist() == [0.5] * 4
     assert model.samples_per_video == {"positive": 32, "scale_negative": 32, "hard_negative": 8}
+
+
+def test_classifier_draws_mostly_positives_as_the_official_sampler():
+    # official train_proposal_class2.load_data: 960 positives, 32 scale and 32 hard negatives per 1024
+    from tal.models.tcn import HARD_NEGATIVE, KIND_NAMES, OFFICIAL_CLS_SAMPLES_PER_VIDEO, POSITIVE, sample_proposals
+
+    kind = torch.tensor([[POSITIVE] * 40 + [2] * 40 + [HARD_NEGATIVE] * 40] * 30)  # 30 videos
+    counts = {KIND_NAMES[k]: n for k, n in OFFICIAL_CLS_SAMPLES_PER_VIDEO.items()}
+    drawn = kind[sample_proposals(kind, counts, torch.Generator().manual_seed(0))]
+    assert (drawn == POSITIVE).sum() == 960 and len(drawn) == 1020
+    assert float((drawn == POSITIVE).float().mean()) == pytest.approx(960 / 1024, abs=0.005)
+
+
+def test_detections_score_the_ranking_score_and_use_video_priors():
+    # official evaluate.py: label = argmax(classifier + video-level scores), score = ranking score
+    model = tiny_model(drop_background=False).eval()
+    batch = toy_batch()
+    ranked = [postprocess_detections(s, r, None, **model.proposal_nms) for s, r in model.rank(batch)]
+    segments, scores, _ = model.predict(batch)[0]
+    assert sorted(scores.tolist()) == pytest.approx(sorted(ranked[0][1].tolist()))
+    priors = torch.tensor([[0.0, 0.0, 5.0]] * len(batch["features"]))  # class 2 dominates the video
+    _, _, labels = model.predict({**batch, "video_scores": priors})[0]
+    assert labels.tolist() == [2] * len(labels)

@@ -274,8 +274,13 @@ class DetectionTask(Task):
 
     @torch.no_grad()
     def detect_video(self, model: nn.Module, features: np.ndarray | torch.Tensor, timing: Timing,
-                     device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One video's detections: segments [K, 2] seconds, scores [K], class indices [K] (0 for proposals)."""
+                     device: torch.device, video_scores: torch.Tensor | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One video's detections: segments [K, 2] seconds, scores [K], class indices [K] (0 for proposals).
+
+        video_scores [C]: the video's class scores from dataset.classification, given to the head as
+        batch["video_scores"] [B, C] (TCN adds them to its proposal classifier, as its official code).
+        """
         model.eval()
         features = torch.as_tensor(features, dtype=torch.float32)
         chunks = self.chunks("", len(features))
@@ -283,7 +288,10 @@ class DetectionTask(Task):
         segments, scores, labels = [], [], []
         for start in range(0, len(chunks), size):
             part = chunks[start:start + size]
-            batch = to_device(self.pad_batch([self.chunk_features(c, features) for c in part]), device)
+            batch = self.pad_batch([self.chunk_features(c, features) for c in part])
+            if video_scores is not None:
+                batch["video_scores"] = video_scores.expand(len(part), -1)
+            batch = to_device(batch, device)
             for chunk, (seg, score, label) in zip(part, model.predict(batch)):
                 segments.append(seg.double().cpu() * chunk.scale + chunk.offset)
                 scores.append(score.double().cpu())
@@ -307,14 +315,28 @@ class DetectionTask(Task):
 
     def predict(self, model: nn.Module, split: str, device: torch.device) -> dict:
         proposals = self.is_proposal_head(model)
+        priors = self.video_class_scores() if not proposals and self.data.get("classification") else {}
         results = {}
         for vid, timing in self.video_items(split):
-            segments, scores, labels = self.detect_video(model, self._video_features(vid), timing, device)
+            segments, scores, labels = self.detect_video(model, self._video_features(vid), timing, device,
+                                                         priors.get(vid))
             results[vid] = detection_rows(self, segments, scores, labels, proposals)
         out = {"version": "tal", "results": results, "external_data": {}}
         if proposals and self.data.get("classification"):
             out["detections"] = fuse_video_classes(results, read_classification(self.data["classification"]),
                                                    int(self.data.get("classes_per_proposal", 2)))
+        return out
+
+    def video_class_scores(self) -> dict[str, torch.Tensor]:
+        """dataset.classification as vid -> [C] scores in this task's class order (0 for a class not listed)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        out = {}
+        for vid, pairs in read_classification(self.data["classification"]).items():
+            scores = torch.zeros(len(self.classes))
+            for label, score in pairs:
+                if label in index:
+                    scores[index[label]] = score
+            out[vid] = scores
         return out
 
     def evaluate(self, predictions: dict, split: str) -> dict:
