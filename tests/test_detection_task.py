@@ -144,3 +144,31 @@ def test_proposal_head_with_classification_file_gives_detections(detection_set, 
     assert all("label" not in r for rows in written["results"].values() for r in rows)  # proposals
     fused = json.loads((tmp_path / "run" / "predictions_detections.json").read_text())
     assert any(r["label"] for rows in fused["results"].values() for r in rows)
+
+
+class _SoftHead(torch.nn.Module):
+    """Two copies of [2, 6] (scores 0.9, 0.8) per chunk, through its own soft-NMS as heads do."""
+
+    def __init__(self):
+        super().__init__()
+        self.nms = {"method": "soft-gaussian", "sigma": 0.5}
+
+    def predict(self, batch):
+        from tal.ops.nms import postprocess_detections
+
+        segments, scores = torch.tensor([[2.0, 6.0], [2.0, 6.0]]), torch.tensor([0.9, 0.8])
+        return [postprocess_detections(segments, scores, torch.zeros(2, dtype=torch.long), **self.nms)
+                for _ in range(batch["features"].shape[0])]
+
+
+def test_windows_are_nmsed_once_after_the_merge(detection_set):
+    # the copy decays once, by exp(-1 / 0.5); NMS in every window and again per video decayed it twice
+    task = DetectionTask(_config(detection_set, "dataset.num_steps=32", "dataset.window_overlap=0.5"))
+    timing = Timing(fps=30.0, stride=8, window=16, duration=80 * 8 / 30, num_features=80)
+    head = _SoftHead()
+    _, scores, _ = task.detect_video(head, torch.zeros(80, 16), timing, torch.device("cpu"))
+    assert sorted(scores.tolist()) == pytest.approx([0.8 * np.exp(-2.0)] * 4 + [0.9] * 4)
+    assert head.nms == {"method": "soft-gaussian", "sigma": 0.5}
+    task.eval_cfg["nms_per_window"] = True
+    _, scores, _ = task.detect_video(head, torch.zeros(80, 16), timing, torch.device("cpu"))
+    assert sorted(scores.tolist()) == pytest.approx([0.8 * np.exp(-4.0)] * 4 + [0.9] * 4)

@@ -17,7 +17,9 @@ test_window_overlap, min_coverage, strip_prefix, classification, classes_per_pro
 detection of `class` is also emitted as `other class` before the video's NMS; the official A2Net THUMOS14
 code does this for CliffDiving -> Diving, lib/core/post_process.py, CATE_IDX_OCC / CATE_IDX_REP).
 eval keys: tiou (detection thresholds, "A:B:STEP" or a list; default 0.5:0.95:0.05), max_detections
-(per video, 200), batch_size, metric, interval.
+(per video, 200), batch_size, metric, interval, nms_per_window (default false: with several windows the
+head's NMS runs once, on the merged detections of the video, as the official A2Net and BMN THUMOS14
+codes do; true also runs it in every window first, which decays soft-NMS scores twice).
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ from tal.tasks.grounding import feature_settings
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
                 "window_overlap", "test_window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal",
                 "also_emit"}
-EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval"}
+EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval", "nms_per_window"}
 MODES = ("window", "rescale")
 PROPOSAL_HEADS = {"bsnpp", "s2dtan"}  # their modules set `proposal_head = True`
 
@@ -285,6 +287,31 @@ class DetectionTask(Task):
         features = torch.as_tensor(features, dtype=torch.float32)
         chunks = self.chunks("", len(features))
         size = int(self.eval_cfg.get("batch_size", 16))
+        head_nms = getattr(model, "nms", None)
+        raw_windows = len(chunks) > 1 and head_nms is not None and not self.eval_cfg.get("nms_per_window", False)
+        if raw_windows:
+            model.nms = {"method": "none"}  # the windows' candidates are NMSed once, merged, below
+        try:
+            segments, scores, labels = self._predict_chunks(model, chunks, features, size, device, video_scores)
+        finally:
+            if raw_windows:
+                model.nms = head_nms
+        max_detections = int(self.eval_cfg.get("max_detections", 200))
+        emitted = len(self.also_emit) > 0 and not self.is_proposal_head(model)
+        if emitted:
+            segments, scores, labels = self.emit_also(segments, scores, labels)
+        if (len(chunks) > 1 or emitted) and len(scores):
+            nms = dict(head_nms or {"method": "hard", "iou_threshold": 0.5})
+            nms["max_detections"] = max_detections
+            segments, scores, labels = postprocess_detections(segments, scores, labels, **nms)
+        order = scores.argsort(descending=True, stable=True)[:max_detections]
+        seconds = timing.to_seconds(segments[order].numpy())
+        return seconds, scores[order].numpy(), labels[order].numpy()
+
+    def _predict_chunks(self, model: nn.Module, chunks: list[Chunk], features: torch.Tensor, size: int,
+                        device: torch.device, video_scores: torch.Tensor | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The head's predictions of every chunk, in video steps: segments [N, 2], scores [N], labels [N]."""
         segments, scores, labels = [], [], []
         for start in range(0, len(chunks), size):
             part = chunks[start:start + size]
@@ -296,18 +323,7 @@ class DetectionTask(Task):
                 segments.append(seg.double().cpu() * chunk.scale + chunk.offset)
                 scores.append(score.double().cpu())
                 labels.append(label.long().cpu())
-        segments, scores, labels = torch.cat(segments), torch.cat(scores), torch.cat(labels)
-        max_detections = int(self.eval_cfg.get("max_detections", 200))
-        emitted = len(self.also_emit) > 0 and not self.is_proposal_head(model)
-        if emitted:
-            segments, scores, labels = self.emit_also(segments, scores, labels)
-        if (len(chunks) > 1 or emitted) and len(scores):
-            nms = dict(getattr(model, "nms", None) or {"method": "hard", "iou_threshold": 0.5})
-            nms["max_detections"] = max_detections
-            segments, scores, labels = postprocess_detections(segments, scores, labels, **nms)
-        order = scores.argsort(descending=True, stable=True)[:max_detections]
-        seconds = timing.to_seconds(segments[order].numpy())
-        return seconds, scores[order].numpy(), labels[order].numpy()
+        return torch.cat(segments), torch.cat(scores), torch.cat(labels)
 
     def video_items(self, split: str) -> list[tuple[str, Timing]]:
         subset = self.annotations.subset(self.data["val_subset"] if split in ("val", "test") else split)
