@@ -409,3 +409,21 @@ def test_outputs_keep_dtype_and_device(dtype, device):
         assert out_seg.shape == (10, 2)
         assert out_sc.tolist() == sorted(out_sc.tolist(), reverse=True)
         assert not out_seg.isnan().any()
+
+
+def test_adaptive_soft_nms_decays_only_above_bmn_threshold():
+    # BMN's soft_nms (alpha 0.4, t1 0.5, t2 0.9, widths / video length 10): decay where tIoU > 0.5 + 0.4 * width
+    seg = torch.tensor([[0.0, 4.0], [0.0, 3.0], [0.0, 2.0]], dtype=torch.float64)
+    sc = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float64)
+    keep, decayed = soft_nms(seg, sc, method="adaptive", iou_threshold=0.5, sigma=0.4, high_threshold=0.9,
+                             width_scale=10.0)
+    # pick [0, 4] (limit 0.66): [0, 3] (tIoU 3/4) decays, [0, 2] (1/2) does not; pick [0, 2] (limit 0.58):
+    # [0, 3] (tIoU 2/3) decays again
+    assert keep.tolist() == [0, 2, 1]
+    assert decayed.tolist() == pytest.approx([0.9, 0.7, 0.8 * math.exp(-0.5625 / 0.4) * math.exp(-(4 / 9) / 0.4)],
+                                             abs=1e-12)
+    out_seg, out_sc, _ = postprocess_detections(seg, sc, method="soft-adaptive", iou_threshold=0.5, sigma=0.4,
+                                                width_scale=10.0)
+    assert out_sc.tolist() == pytest.approx(decayed.tolist(), abs=1e-12)
+    with pytest.raises(ValueError, match="adaptive soft NMS needs width_scale > 0"):
+        soft_nms(seg, sc, method="adaptive")

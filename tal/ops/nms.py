@@ -38,8 +38,11 @@ from torch import Tensor
 
 from tal.ops.segments import tiou
 
-METHODS = ("hard", "soft-linear", "soft-gaussian", "none")
-SOFT_METHODS = ("linear", "gaussian")
+METHODS = ("hard", "soft-linear", "soft-gaussian", "soft-adaptive", "none")
+# "adaptive" is BMN's soft-NMS (JJBOY/BMN-Boundary-Matching-Network post_processing.py `soft_nms`, mmaction2's
+# `soft_nms` with alpha 0.4, low 0.5, high 0.9): gaussian decay exp(-tIoU^2 / sigma) only where the tIoU
+# with the pick is above low + (high - low) * the pick's width / width_scale (widths normalised to the video).
+SOFT_METHODS = ("linear", "gaussian", "adaptive")
 # Score-voting weights: "score-tiou" is ActionFormer's libs/utils/nms.py `seg_voting` since its commit
 # 33a5187 (2022-06, the released code); "score" is that function before it (score-weighted box voting).
 VOTING_WEIGHTS = ("score-tiou", "score")
@@ -72,18 +75,21 @@ def batched_nms(segments: Tensor, scores: Tensor, labels: Tensor | None, iou_thr
 
 def soft_nms(segments: Tensor, scores: Tensor, labels: Tensor | None = None, method: str = "gaussian",
              iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
-             max_detections: int | None = None) -> tuple[Tensor, Tensor]:
-    """Soft NMS ("linear" or "gaussian"), per class when labels [N] are given.
+             max_detections: int | None = None, high_threshold: float = 0.9,
+             width_scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """Soft NMS ("linear", "gaussian" or BMN's "adaptive"), per class when labels [N] are given.
 
     Returns the kept indices [K] and their decayed scores [K], highest first (the kept segments are
     segments[keep]). Linear decay multiplies by 1 - tIoU when tIoU > iou_threshold; gaussian by
-    exp(-tIoU^2 / sigma). Without a score_threshold every segment is kept, with a decayed score.
+    exp(-tIoU^2 / sigma); adaptive by exp(-tIoU^2 / sigma) when tIoU > iou_threshold + (high_threshold
+    - iou_threshold) * pick width / width_scale. Without a score_threshold every segment is kept.
     """
     segments, scores, groups = _validate(segments, scores, labels, "soft_nms")
-    _check_soft(method, iou_threshold, sigma)
+    _check_soft(method, iou_threshold, sigma, high_threshold, width_scale)
     _check_count(max_detections, "max_detections")
     order = _prefilter(scores, score_threshold, None)
-    return _soft_nms(segments, scores, groups, order, method, iou_threshold, sigma, score_threshold, max_detections)
+    return _soft_nms(segments, scores, groups, order, method, iou_threshold, sigma, score_threshold, max_detections,
+                     (high_threshold, width_scale))
 
 
 def score_voting(segments: Tensor, scores: Tensor, labels: Tensor | None, keep: Tensor,
@@ -106,12 +112,14 @@ def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | No
                            iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
                            pre_nms_top_k: int | None = None, max_detections: int | None = None,
                            class_agnostic: bool = False, voting_threshold: float | None = None,
-                           voting_weight: str = "score-tiou") -> tuple[Tensor, Tensor, Tensor]:
+                           voting_weight: str = "score-tiou", high_threshold: float = 0.9,
+                           width_scale: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One video's raw detections -> (segments [K, 2], scores [K], labels [K]), highest score first.
 
     segments [N, 2] (start_s, end_s), scores [N], labels [N] integers (None: proposals, one class).
     Steps: drop scores < score_threshold; keep the pre_nms_top_k best; NMS by `method` ("hard",
-    "soft-linear", "soft-gaussian" or "none"), per label unless class_agnostic; optionally replace
+    "soft-linear", "soft-gaussian", "soft-adaptive" (BMN's; `high_threshold`, `width_scale`, see
+    `soft_nms`) or "none"), per label unless class_agnostic; optionally replace
     each kept segment by the weighted mean of its neighbours with tIoU >= voting_threshold
     (candidates after the first two steps vote, weighted as `voting_weight` says, see `score_voting`);
     keep the max_detections best.
@@ -123,7 +131,7 @@ def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | No
     if method == "hard":
         _check_threshold(iou_threshold, "iou_threshold")
     elif method != "none":
-        _check_soft(method.removeprefix("soft-"), iou_threshold, sigma)
+        _check_soft(method.removeprefix("soft-"), iou_threshold, sigma, high_threshold, width_scale)
     if voting_threshold is not None:
         _check_voting(voting_threshold, scores, voting_weight)
     _check_count(pre_nms_top_k, "pre_nms_top_k")
@@ -142,7 +150,8 @@ def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | No
         kept_scores = scores[keep]
     else:
         keep, kept_scores = _soft_nms(segments, scores, groups, order, method.removeprefix("soft-"),
-                                      iou_threshold, sigma, score_threshold, max_detections)
+                                      iou_threshold, sigma, score_threshold, max_detections,
+                                      (high_threshold, width_scale))
     kept_segments = segments[keep]
     if voting_threshold is not None:
         kept_segments = _vote(segments, scores, groups, keep, order, voting_threshold, voting_weight)
@@ -199,12 +208,16 @@ def _check_threshold(value: float, name: str) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
-def _check_soft(method: str, iou_threshold: float, sigma: float) -> None:
+def _check_soft(method: str, iou_threshold: float, sigma: float, high_threshold: float = 0.9,
+                width_scale: float | None = None) -> None:
     if method not in SOFT_METHODS:
-        raise ValueError(f"soft NMS method must be 'linear' or 'gaussian', got {method!r}")
+        raise ValueError(f"soft NMS method must be 'linear', 'gaussian' or 'adaptive', got {method!r}")
     _check_threshold(iou_threshold, "iou_threshold")
-    if method == "gaussian" and not sigma > 0:
-        raise ValueError(f"sigma must be > 0 for gaussian soft NMS, got {sigma}")
+    if method != "linear" and not sigma > 0:
+        raise ValueError(f"sigma must be > 0 for {method} soft NMS, got {sigma}")
+    if method == "adaptive" and not (width_scale is not None and width_scale > 0):
+        raise ValueError(f"adaptive soft NMS needs width_scale > 0 (the length widths are normalised by), "
+                         f"got {width_scale}")
 
 
 def _check_voting(voting_threshold: float, scores: Tensor, voting_weight: str) -> None:
@@ -393,8 +406,11 @@ def _hard_nms(segments: Tensor, groups: Tensor, order: Tensor, iou_threshold: fl
 
 def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, method: str,
               iou_threshold: float, sigma: float, score_threshold: float | None,
-              max_detections: int | None) -> tuple[Tensor, Tensor]:
-    """Soft NMS of the candidates `order` within groups -> (kept indices [K], decayed scores [K]), best first."""
+              max_detections: int | None, adaptive: tuple[float, float | None] = (0.9, None),
+              ) -> tuple[Tensor, Tensor]:
+    """Soft NMS of the candidates `order` within groups -> (kept indices [K], decayed scores [K]), best first.
+
+    adaptive: (high_threshold, width_scale) of the "adaptive" method."""
     device = scores.device
     if not len(order):
         return order, scores[:0]
@@ -433,6 +449,10 @@ def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, m
         overlap = _tiou_with_pick(start, end, length, col)  # [G, M]
         if method == "linear":
             weight = torch.where(_above(overlap, iou_threshold), 1.0 - overlap, 1.0)
+        elif method == "adaptive":
+            high, scale = adaptive
+            limit = iou_threshold + (high - iou_threshold) * length[row_ids, col] / scale  # [G]
+            weight = torch.where(overlap > limit[:, None], (overlap * overlap).mul_(-1.0 / sigma).exp_(), 1.0)
         else:
             weight = overlap.square_().mul_(-1.0 / sigma).exp_()
         current.mul_(weight)
