@@ -227,7 +227,8 @@ def test_benchmark_configs_train_without_gradient_clipping(name, tmp_path):
 def test_thumos14_configs_import_features_at_each_videos_fps(name):
     # THUMOS14 has videos at 30, 29.97, 25 and 24 fps: one --fps for all mis-times 31 of them
     text = (CONFIGS / f"{name}.yaml").read_text()
-    assert "--video-info" in text and "--fps" not in text
+    assert "--fps" not in text
+    assert "--video-info" in text or "_base_: " in text  # a derived config says it in its base
 
 
 def test_thumos14_tcn_caps_hold_every_instance_of_a_test_window(shared_data):
@@ -250,3 +251,14 @@ def test_thumos14_tcn_caps_hold_every_instance_of_a_test_window(shared_data):
     assert most == 106
     model = tcn.build_tcn({**cfg["model"], "input_dim": 8, "num_classes": 20})
     assert model.proposal_nms["max_detections"] >= most and model.nms["max_detections"] >= most
+
+
+@pytest.mark.parametrize("name, longer", [("thumos14/bsnpp", 353), ("thumos14/bsnpp_long", 8)])
+def test_thumos14_bsnpp_proposal_lengths_against_the_test_instances(name, longer, shared_data):
+    # test instances longer than the longest proposal (I3D stride 4 at each video's fps), of 3,358
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    database = json.loads((shared_data / "thumos14/thumos14_actionformer.json").read_text())["database"]
+    steps = np.array([(a["segment"][1] - a["segment"][0]) * v["fps"] / 4 for v in database.values()
+                      if v["subset"] == "Test" for a in v["annotations"]])
+    assert len(steps) == 3358 and int((steps > cfg["model"]["max_duration"]).sum()) == longer
+    assert cfg["eval"]["proposal_ar_at"] == [50, 100, 200, 500, 1000] and cfg["eval"]["max_avg_proposals"] == 1000

@@ -19,7 +19,9 @@ code does this for CliffDiving -> Diving, lib/core/post_process.py, CATE_IDX_OCC
 eval keys: tiou (detection thresholds, "A:B:STEP" or a list; default 0.5:0.95:0.05), max_detections
 (per video, 200), batch_size, metric, interval, nms_per_window (default false: with several windows the
 head's NMS runs once, on the merged detections of the video, as the official A2Net and BMN THUMOS14
-codes do; true also runs it in every window first, which decays soft-NMS scores twice).
+codes do; true also runs it in every window first, which decays soft-NMS scores twice), max_avg_proposals
+(100), proposal_ar_at (the ANs of AR@AN, default 1, 5, 10, 50, 100; THUMOS14: 50 .. 1000 with
+max_avg_proposals 1000), proposal_tiou (default 0.5:0.95:0.05).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from tal.datasets.types import DetectionAnnotations
 from tal.errors import TalInputError
 from tal.eval.detection import ACTIVITYNET_TIOU, evaluate_detection
 from tal.eval.predictions import parse_segment_predictions
-from tal.eval.proposals import evaluate_proposals
+from tal.eval.proposals import AR_AT, evaluate_proposals
 from tal.features.cache import FeatureCache, FeatureMeta, open_feature_cache
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, TASKS
@@ -46,7 +48,8 @@ from tal.tasks.grounding import feature_settings
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
                 "window_overlap", "test_window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal",
                 "also_emit"}
-EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval", "nms_per_window"}
+EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval", "nms_per_window", "max_avg_proposals",
+             "proposal_ar_at", "proposal_tiou"}
 MODES = ("window", "rescale")
 PROPOSAL_HEADS = {"bsnpp", "s2dtan"}  # their modules set `proposal_head = True`
 
@@ -366,7 +369,11 @@ class DetectionTask(Task):
         else:
             metrics = {}
         parsed = parse_segment_predictions({"results": predictions["results"]}, "predictions", with_labels=False)
-        return {**evaluate_proposals(truth, parsed).to_json(), **metrics}
+        proposal_tiou = parse_tiou(self.eval_cfg.get("proposal_tiou"))
+        ar_at = tuple(int(n) for n in self.eval_cfg.get("proposal_ar_at", AR_AT))
+        result = evaluate_proposals(truth, parsed, float(self.eval_cfg.get("max_avg_proposals", 100)), proposal_tiou,
+                                    ar_at)
+        return {**result.to_json(), **metrics}
 
     def write_predictions(self, predictions: dict, path: str | Path) -> None:
         from tal.datasets.jsonio import write_json_atomic
