@@ -63,17 +63,18 @@ def test_config_builds_its_head_without_data(name):
     model = task.build_model()
 
     assert isinstance(model, HEADS[head])
-    assert task.is_proposal_head(model) == (head in PROPOSAL_HEADS)
+    agnostic = bool(data.get("class_agnostic"))  # detections labelled by a video classifier
+    assert task.is_proposal_head(model) == (head in PROPOSAL_HEADS or agnostic)
     if tiou is not None:
         assert np.allclose(task.tiou, tiou)
     if head in PROPOSAL_HEADS:  # a fixed-length input: the head's length is the dataset's
         length = model.num_steps if head == "bsnpp" else model.num_clips * model.frame_stride
         assert length == data["num_steps"]
     else:
-        assert model.num_classes == num_classes
+        assert model.num_classes == (1 if agnostic else num_classes)
     if benchmark == "activitynet13":
         assert data["mode"] == "rescale" and data["train_subset"] == "training" and data["val_subset"] == "validation"
-        if head in PROPOSAL_HEADS:  # detections by fusion with a user-supplied video classification file
+        if head in PROPOSAL_HEADS or agnostic:  # detections by fusion with a user-supplied video classification file
             assert data["classification"].endswith(".json") and data["classes_per_proposal"] == 2
             assert task.default_metric == "average_mAP"
     if benchmark == "thumos14":

@@ -25,6 +25,11 @@ are merged and `tal.ops.nms.postprocess_detections` runs per-class NMS with the 
 (default: hard, tIoU 0.2, 200 detections, the official THUMOS14 setting). Before the merge the
 anchor-based scores are multiplied by `ab_score_weight` (the official code's TEST.CONCAT_AB: 1 in its
 THUMOS14 config, 0.4 in its ActivityNet ablation); it changes nothing when one module is off.
+The official ActivityNet code (Ablation-Comparison-Experiments/ActivityNetv1.3) is class-agnostic; its
+switches here: `ab_regression: false` (anchors are not refined, no ab_loc loss), `ab_score: overlap`
+(an anchor scores sigmoid(overlap) alone, no ab_cls loss), `af_convs: 4` (convs per anchor-free
+branch); with the task's `dataset.class_agnostic` the classifiers are 2-way and the labels come from a
+video-level classifier (`dataset.classification`).
 
 Units: segments are [start, end] in feature steps, feature i spanning [i, i + 1). Level l has stride
 2 ** (l + 1) feature steps and position j is centred at (j + 0.5) * stride. T is padded on the right to a
@@ -59,6 +64,7 @@ THUMOS_NMS = {"method": "hard", "iou_threshold": 0.2, "max_detections": 200}
 NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "max_detections", "class_agnostic",
             "voting_threshold", "voting_weight"}  # tal.ops.nms.postprocess_detections
 BASE_STRIDE = 2
+AB_SCORES = ("class_x_overlap", "overlap")
 
 
 def level_strides(num_levels: int) -> list[int]:
@@ -181,11 +187,11 @@ class AnchorFreeHead(nn.Module):
     -> logits [B, P, num_classes + 1] and distances [B, P, 2] (scaled per level), P = sum of T_l.
     """
 
-    def __init__(self, level_dims: list[int], head_dim: int, num_classes: int):
+    def __init__(self, level_dims: list[int], head_dim: int, num_classes: int, num_convs: int = 2):
         super().__init__()
         self.reduce = nn.ModuleList(_conv(dim, head_dim, 1) for dim in level_dims)
-        self.cls_tower = nn.ModuleList([_conv(head_dim, head_dim, 3), _conv(head_dim, head_dim, 3)])
-        self.reg_tower = nn.ModuleList([_conv(head_dim, head_dim, 3), _conv(head_dim, head_dim, 3)])
+        self.cls_tower = nn.ModuleList(_conv(head_dim, head_dim, 3) for _ in range(num_convs))
+        self.reg_tower = nn.ModuleList(_conv(head_dim, head_dim, 3) for _ in range(num_convs))
         self.cls_out = _conv(head_dim, num_classes + 1, 3)
         self.reg_out = _conv(head_dim, 2, 3)
         self.scales = nn.Parameter(torch.ones(len(level_dims)))
@@ -212,7 +218,8 @@ class A2Net(nn.Module):
                  base_dim: int = 512, pyramid_dims: list[int] = THUMOS_PYRAMID_DIMS, head_dim: int = 512,
                  anchor_ratios: list[float] = THUMOS_RATIOS, box_scales: tuple[float, float] = (0.1, 0.1),
                  match_tiou: float = 0.5, negative_ratio: float = 1.0, loss_weights: dict | None = None,
-                 background_threshold: float = 0.98, nms: dict | None = None, ab_score_weight: float = 1.0):
+                 background_threshold: float = 0.98, nms: dict | None = None, ab_score_weight: float = 1.0,
+                 ab_regression: bool = True, ab_score: str = "class_x_overlap", af_convs: int = 2):
         super().__init__()
         if not (anchor_based or anchor_free):
             raise TalInputError("A2Net needs at least one module: set model.anchor_based or model.anchor_free "
@@ -224,6 +231,10 @@ class A2Net(nn.Module):
             raise TalInputError(f"model.ab_score_weight={ab_score_weight!r}: need a weight in (0, 1] for the "
                                 "anchor-based scores merged with the anchor-free ones")
         self.background_threshold, self.ab_score_weight = background_threshold, float(ab_score_weight)
+        if ab_score not in AB_SCORES or af_convs < 1:
+            raise TalInputError(f"model.ab_score must be one of {', '.join(AB_SCORES)} and model.af_convs >= 1, "
+                                f"got {ab_score!r} and {af_convs}")
+        self.ab_regression, self.ab_score = bool(ab_regression), ab_score
         self.loss_weights = {**THUMOS_LOSS_WEIGHTS, **(loss_weights or {})}
         self.nms = {**THUMOS_NMS, **(nms or {})}
         self.strides = level_strides(len(pyramid_dims))
@@ -234,7 +245,7 @@ class A2Net(nn.Module):
         if anchor_based:
             self.ab_head = AnchorBasedHead(list(pyramid_dims), len(self.anchor_ratios), num_classes)
         if anchor_free:
-            self.af_head = AnchorFreeHead(list(pyramid_dims), head_dim, num_classes)
+            self.af_head = AnchorFreeHead(list(pyramid_dims), head_dim, num_classes, af_convs)
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
                 nn.init.kaiming_uniform_(module.weight)
@@ -264,8 +275,9 @@ class A2Net(nn.Module):
             raw = self.ab_head([f for f, _ in levels])  # [B, A, C+4]
             centre, width, _ = anchor_centres_widths(lengths, self.strides, self.anchor_ratios, x.device)
             anchors = torch.stack([centre - width / 2, centre + width / 2], dim=-1)  # [A, 2]
-            out.update(ab_logits=raw[..., : self.num_classes + 1], ab_overlap=raw[..., -3], ab_offsets=raw[..., -2:],
-                       anchors=anchors, ab_segments=decode_segments(raw[..., -2:], anchors, self.box_scales),
+            offsets = raw[..., -2:] if self.ab_regression else torch.zeros_like(raw[..., -2:])
+            out.update(ab_logits=raw[..., : self.num_classes + 1], ab_overlap=raw[..., -3], ab_offsets=offsets,
+                       anchors=anchors, ab_segments=decode_segments(offsets, anchors, self.box_scales),
                        ab_valid=level_masks.repeat_interleave(len(self.anchor_ratios), dim=1))
         if self.anchor_free:
             logits, distances = self.af_head(levels)  # [B, P, C+1], [B, P, 2]
@@ -304,7 +316,12 @@ class A2Net(nn.Module):
         matched = gt_segments.gather(1, index[..., None].expand(-1, -1, 2))  # [B, A, 2]
         error = (segments[positive] - matched[positive]) / window_steps  # [num_pos, 2]
         loc = _mean_or_zero(F.smooth_l1_loss(error, torch.zeros_like(error), reduction="none"), segments) * 2
-        return {"ab_cls": cls, "ab_overlap": overlap, "ab_loc": loc}
+        parts = {"ab_cls": cls, "ab_overlap": overlap, "ab_loc": loc}
+        if not self.ab_regression:
+            del parts["ab_loc"]
+        if self.ab_score == "overlap":
+            del parts["ab_cls"]
+        return parts
 
     def _anchor_free_loss(self, out: dict, gt_segments: torch.Tensor, gt_labels: torch.Tensor,
                           gt_valid: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -329,11 +346,17 @@ class A2Net(nn.Module):
         segments, scores, labels, keep = [], [], [], []
         if self.anchor_based:
             probs = out["ab_logits"].softmax(dim=-1)  # [B, A, C+1]
-            score, label = (probs[..., 1:] * torch.sigmoid(out["ab_overlap"])[..., None]).max(dim=-1)  # [B, A]
+            overlap = torch.sigmoid(out["ab_overlap"])  # [B, A]
+            if self.ab_score == "overlap":  # the official ActivityNet code: the overlap score alone
+                score, label = overlap, torch.zeros_like(overlap, dtype=torch.long)
+                kept = out["ab_valid"]
+            else:
+                score, label = (probs[..., 1:] * overlap[..., None]).max(dim=-1)  # [B, A]
+                kept = out["ab_valid"] & (probs[..., 0] < self.background_threshold)
             segments.append(out["ab_segments"])
             scores.append(score * (self.ab_score_weight if self.anchor_free else 1.0))
             labels.append(label)
-            keep.append(out["ab_valid"] & (probs[..., 0] < self.background_threshold))
+            keep.append(kept)
         if self.anchor_free:
             score, label = out["af_logits"].softmax(dim=-1)[..., 1:].max(dim=-1)  # [B, P]
             segments.append(out["af_segments"])
@@ -355,7 +378,7 @@ def _mean_or_zero(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 MODEL_KEYS = {"input_dim", "num_classes", "anchor_based", "anchor_free", "base_dim", "pyramid_dims", "head_dim",
               "anchor_ratios", "box_scales", "match_tiou", "negative_ratio", "loss_weights", "background_threshold",
-              "nms", "ab_score_weight"}
+              "nms", "ab_score_weight", "ab_regression", "ab_score", "af_convs"}
 
 
 @MODELS.register("a2net")

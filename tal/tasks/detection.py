@@ -13,7 +13,9 @@ classification submission, `{"results": {vid: [{"label", "score"}]}}`) each prop
 the video's `classes_per_proposal` best classes (score = proposal x class score) into detections.
 
 dataset keys: features, annotations, format, train_subset, val_subset, mode, num_steps, window_overlap,
-test_window_overlap, min_coverage, strip_prefix, classification, classes_per_proposal, also_emit ({class: other class}: every
+test_window_overlap, min_coverage, strip_prefix, classification, classes_per_proposal, class_agnostic (train any
+detection head on one "action" class and treat its detections as proposals, labelled from
+dataset.classification as the proposal heads are: the official A2Net ActivityNet protocol), also_emit ({class: other class}: every
 detection of `class` is also emitted as `other class` before the video's NMS; the official A2Net THUMOS14
 code does this for CliffDiving -> Diving, lib/core/post_process.py, CATE_IDX_OCC / CATE_IDX_REP).
 eval keys: tiou (detection thresholds, "A:B:STEP" or a list; default 0.5:0.95:0.05), max_detections
@@ -47,7 +49,7 @@ from tal.tasks.grounding import feature_settings
 
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
                 "window_overlap", "test_window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal",
-                "also_emit"}
+                "also_emit", "class_agnostic"}
 EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval", "nms_per_window", "max_avg_proposals",
              "proposal_ar_at", "proposal_tiou"}
 MODES = ("window", "rescale")
@@ -145,6 +147,7 @@ class DetectionTask(Task):
             self._load_data()
         self.classes: list[str] = list(self.meta["classes"])
         self.also_emit = self._also_emit_pairs(self.data.get("also_emit") or {})
+        self.class_agnostic = bool(self.data.get("class_agnostic", False))
 
     def _also_emit_pairs(self, mapping: dict) -> torch.Tensor:
         """dataset.also_emit as class-index pairs [M, 2] (from, to)."""
@@ -250,7 +253,7 @@ class DetectionTask(Task):
         cfg = dict(self.model_cfg)
         cfg["input_dim"] = self.meta["input_dim"]
         if cfg.get("name") not in PROPOSAL_HEADS:  # class-agnostic heads take no class count
-            cfg["num_classes"] = len(self.meta["classes"])
+            cfg["num_classes"] = 1 if self.class_agnostic else len(self.meta["classes"])
         return MODELS.get(cfg.get("name"))(cfg)
 
     def num_train_items(self) -> int:
@@ -270,12 +273,12 @@ class DetectionTask(Task):
         items = [self.train_items[i] for i in indices]
         batch = self.pad_batch([self.chunk_features(c, self._video_features(c.video)) for c, _, _ in items])
         batch["segments"] = [torch.from_numpy(s) for _, s, _ in items]
-        batch["labels"] = [torch.from_numpy(labels) for _, _, labels in items]
+        batch["labels"] = [torch.from_numpy(labels * 0 if self.class_agnostic else labels) for _, _, labels in items]
         return batch
 
     # ------------------------------------------------------------------ inference
     def is_proposal_head(self, model: nn.Module) -> bool:
-        return bool(getattr(model, "proposal_head", False))
+        return bool(getattr(model, "proposal_head", False)) or self.class_agnostic
 
     @torch.no_grad()
     def detect_video(self, model: nn.Module, features: np.ndarray | torch.Tensor, timing: Timing,
@@ -387,7 +390,7 @@ class DetectionTask(Task):
 
     @property
     def default_metric(self) -> str:  # type: ignore[override]
-        proposal = self.model_cfg.get("name") in PROPOSAL_HEADS
+        proposal = self.model_cfg.get("name") in PROPOSAL_HEADS or bool(self.data.get("class_agnostic"))
         return "AR@100" if proposal and not self.data.get("classification") else "average_mAP"
 
     @property
