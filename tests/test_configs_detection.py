@@ -263,3 +263,26 @@ def test_thumos14_bsnpp_proposal_lengths_against_the_test_instances(name, longer
                       if v["subset"] == "Test" for a in v["annotations"]])
     assert len(steps) == 3358 and int((steps > cfg["model"]["max_duration"]).sum()) == longer
     assert cfg["eval"]["proposal_ar_at"] == [50, 100, 200, 500, 1000] and cfg["eval"]["max_avg_proposals"] == 1000
+
+
+# Slow (about 25 min on one CPU thread): `tal train configs/thumos14/a2net.yaml` on synthetic features along
+# THUMOS14's annotations (widths / 4 so a CPU can run it) gives every one of the 20 classes, CliffDiving included,
+# a nonzero test AP: every doubly annotated CliffDiving = Diving instance trains both labels.
+A2NET_THUMOS14_CPU = ["+model.base_dim=128", "+model.pyramid_dims=[128,256,256,512,512,1024]", "+model.head_dim=128",
+                      "+eval.interval=10"]
+
+
+@pytest.mark.slow
+def test_thumos14_a2net_config_scores_every_class_on_features_along_thumos14(shared_data, tmp_path):
+    from tal.datasets.synthetic import make_detection_features
+    from tal.eval.detection import evaluate_detection_files
+
+    made = make_detection_features(shared_data / "thumos14/thumos14_actionformer.json", tmp_path / "data")
+    work = tmp_path / "run"
+    assert tal_main(["train", str(CONFIGS / "thumos14/a2net.yaml"), "--work-dir", str(work), "--threads", "1",
+                     "--set", f"dataset.features={made.features}", f"dataset.annotations={made.annotations}",
+                     *A2NET_THUMOS14_CPU]) == 0
+    result = evaluate_detection_files(made.annotations, work / "predictions.json", "Test", THUMOS14_TIOU)
+    per_class = dict(zip(result.classes, result.ap.mean(axis=0)))
+    assert len(per_class) == 20 and min(per_class.values()) > 0, per_class
+    assert per_class["CliffDiving"] > 0.05

@@ -151,17 +151,22 @@ def _duration(value: object, where: str) -> float:
     return d
 
 
+def _video_entries(path: Path) -> dict:
+    """The per-video objects of an ActivityNet-style JSON (`{"database": {vid: ...}}` or `{vid: ...}`)."""
+    data = read_json(path)
+    db = data.get("database", data) if isinstance(data, dict) else None
+    if not isinstance(db, dict):
+        raise TalInputError(f"{path}: expected a JSON object of videos (ActivityNet 'database' style)")
+    return db
+
+
 def read_durations(path: str | Path) -> dict[str, float]:
     """Seconds per video from an ActivityNet-style JSON (`{"database": {vid: {"duration"}}}`, or
     `{vid: {"duration"}}` as in 2D-TAN's caption files) or a CSV `video,duration` (header optional)."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        data = read_json(path)
-        db = data.get("database", data) if isinstance(data, dict) else None
-        if not isinstance(db, dict):
-            raise TalInputError(f"{path}: expected a JSON object of videos (ActivityNet 'database' style)")
         out = {}
-        for vid, entry in db.items():
+        for vid, entry in _video_entries(path).items():
             value = entry.get("duration") if isinstance(entry, dict) else entry
             if value is None:
                 raise TalInputError(f"{path}: video {vid!r} has no duration")
@@ -195,12 +200,8 @@ def read_durations(path: str | Path) -> dict[str, float]:
 def read_video_info(path: str | Path) -> dict[str, tuple[float, float]]:
     """(fps, duration in seconds) per video from an ActivityNet-style JSON whose entries carry both."""
     path = Path(path)
-    data = read_json(path)
-    db = data.get("database", data) if isinstance(data, dict) else None
-    if not isinstance(db, dict):
-        raise TalInputError(f"{path}: expected a JSON object of videos (ActivityNet 'database' style)")
     out = {}
-    for vid, entry in db.items():
+    for vid, entry in _video_entries(path).items():
         if not isinstance(entry, dict) or entry.get("fps") is None or entry.get("duration") is None:
             raise TalInputError(f"{path}: video {vid!r} needs both 'fps' and 'duration' for --video-info; use an "
                                 f"annotation file that records them (e.g. ActionFormer's thumos14.json) or --fps")
