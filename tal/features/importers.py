@@ -294,7 +294,8 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
             yield vid, arr, {"fps": video_fps, "stride": stride, "window": window, "duration": duration}
         if missing:
             raise TalInputError(
-                f"{video_info or durations}: no duration for {len(missing)} videos (e.g. {', '.join(map(repr, missing[:3]))}); "
+                f"{video_info or durations}: no duration for {len(missing)} videos "
+                f"(e.g. {', '.join(map(repr, missing[:3]))}); "
                 f"fix the ids (e.g. --strip-prefix v_) or leave out --durations to compute them")
         if summary.num_videos == 0:
             raise TalInputError(f"{src}: no videos found")

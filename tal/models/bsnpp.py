@@ -40,9 +40,9 @@ Losses (one vectorized function each, batch-level counts as BMN):
   unit interval centred on the step's start (end) time, lies in a ground truth's start (end) region
   of width max(min_boundary_steps, boundary_ratio * length); `balanced_bce` gives the positives and
   the negatives half of the loss each (BSN/BMN's ratio weighting). Averaged over the two directions.
-- map_reg: half the squared error (BMN's 0.5 factor) of sigmoid(regression) to the IoU on cells chosen by `iou_balanced_sample`
-  (high IoU > 0.7 all, medium and low as many as high, at random); the high ones re-sampled by
-  duration with `scale_balanced_weights` (the paper's scale-balanced re-sampling, SBR).
+- map_reg: half the squared error (BMN's 0.5 factor) of sigmoid(regression) to the IoU on cells chosen
+  by `iou_balanced_sample` (high IoU > 0.7 all, medium and low as many as high, at random); the high
+  ones re-sampled by duration with `scale_balanced_weights` (the paper's scale-balanced re-sampling).
 - map_cls: `balanced_bce` with positives IoU > cls_iou (0.9) re-sampled by SBR, all other valid cells
   negative.
 Total = boundary + 10 * map_reg + map_cls (+ 0 * consistency); `loss_weights` overrides.

@@ -36,7 +36,8 @@ classified.
   kept); the kept ones are classified; each gets its `classes_per_proposal` best foreground classes
   and is dropped when background is its most likely class (`drop_background`); it scores its ranking
   score (`detection_score: rank`, the official evaluate.py) or ranking x class probability
-  (`rank_x_class`); per-class NMS (`nms`, official: tIoU 1, i.e. none, and 20 kept) gives the detections. With video-level class scores in the
+  (`rank_x_class`); per-class NMS (`nms`, official: tIoU 1, i.e. none, and 20 kept) gives the
+  detections. With video-level class scores in the
   batch ("video_scores" [B, C], from `dataset.classification`) they are added to the classifier's
   probabilities before the argmax, as the official classify_proposal adds its video-level priors.
 

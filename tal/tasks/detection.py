@@ -4,20 +4,22 @@ Heads work in feature steps (feature i spans [i, i + 1)); this task converts wit
 rule, step x <-> t = ((x - 0.5) * stride + window / 2) / fps seconds, clipped to [0, duration].
 Two ways to feed a video (`dataset.mode`):
 - "window" (THUMOS14 style): windows of `num_steps` features, consecutive training windows overlapping
-  by `window_overlap` and inference windows by `test_window_overlap` (default: the same); training uses the windows that hold at least one instance with `min_coverage` of
-  its length inside (instances are clipped to the window); at inference every window is predicted, the
-  detections shifted back, merged per video and passed through the head's NMS again.
+  by `window_overlap` and inference windows by `test_window_overlap` (default: the same); training
+  uses the windows that hold at least one instance with `min_coverage` of its length inside
+  (instances are clipped to the window); at inference every window is predicted, the detections
+  shifted back, merged per video and passed through the head's NMS once.
 - "rescale" (ActivityNet style): each video's features linearly resampled to `num_steps` steps.
 Class-agnostic heads (`proposal_head`) write proposals; with `dataset.classification` (an ActivityNet
 classification submission, `{"results": {vid: [{"label", "score"}]}}`) each proposal is also paired with
 the video's `classes_per_proposal` best classes (score = proposal x class score) into detections.
 
 dataset keys: features, annotations, format, train_subset, val_subset, mode, num_steps, window_overlap,
-test_window_overlap, min_coverage, strip_prefix, classification, classes_per_proposal, class_agnostic (train any
-detection head on one "action" class and treat its detections as proposals, labelled from
-dataset.classification as the proposal heads are: the official A2Net ActivityNet protocol), also_emit ({class: other class}: every
-detection of `class` is also emitted as `other class` before the video's NMS; the official A2Net THUMOS14
-code does this for CliffDiving -> Diving, lib/core/post_process.py, CATE_IDX_OCC / CATE_IDX_REP).
+test_window_overlap, min_coverage, strip_prefix, classification, classes_per_proposal, class_agnostic
+(train any detection head on one "action" class and treat its detections as proposals, labelled from
+dataset.classification as the proposal heads are: the official A2Net ActivityNet protocol), also_emit
+({class: other class}: every detection of `class` is also emitted as `other class` before the video's
+NMS; the official A2Net THUMOS14 code does this for CliffDiving -> Diving, lib/core/post_process.py,
+CATE_IDX_OCC / CATE_IDX_REP).
 eval keys: tiou (detection thresholds, "A:B:STEP" or a list; default 0.5:0.95:0.05), max_detections
 (per video, 200), batch_size, metric, interval, nms_per_window (default false: with several windows the
 head's NMS runs once, on the merged detections of the video, as the official A2Net and BMN THUMOS14
@@ -48,8 +50,8 @@ from tal.tasks.base import Task, check_section, require_files, to_device
 from tal.tasks.grounding import feature_settings
 
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
-                "window_overlap", "test_window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal",
-                "also_emit", "class_agnostic"}
+                "window_overlap", "test_window_overlap", "min_coverage", "strip_prefix", "classification",
+                "classes_per_proposal", "also_emit", "class_agnostic"}
 EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval", "nms_per_window", "max_avg_proposals",
              "proposal_ar_at", "proposal_tiou"}
 MODES = ("window", "rescale")
