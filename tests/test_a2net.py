@@ -85,7 +85,7 @@ def test_anchor_free_assignment_by_hand():
     gt, labels, valid = pad_ground_truth(
         [torch.tensor([[2.0, 5.0], [8.0, 16.0], [2.0, 6.0]]), torch.zeros(0, 2)],
         [torch.tensor([2, 0, 1]), torch.zeros(0, dtype=torch.long)], torch.device("cpu"))
-    classes, distances = assign_points(centres, level, af_duration_ranges(strides), gt, labels, valid)
+    classes, distances, _ = assign_points(centres, level, af_duration_ranges(strides), gt, labels, valid)
     expected = torch.zeros(2, 14, dtype=torch.long)
     # [2, 5] (duration 3) -> level 0, centres 3 and 5 (ends included), class 2 + 1; it is listed before
     # [2, 6] (duration 4: levels 0 and 1), which therefore only gets level-1 centres 2 and 6, class 1 + 1;
@@ -211,3 +211,25 @@ def test_build_rejects_unknown_and_missing_keys():
     model = MODELS.build(tiny_cfg(name="a2net", loss_weights={"af_cls": 1.0}))
     assert isinstance(model, A2Net)
     assert model.loss_weights == {"ab_cls": 1.0, "ab_overlap": 10.0, "ab_loc": 10.0, "af_cls": 1.0, "af_reg": 1.0}
+
+
+def test_activitynet_switches_follow_the_official_class_agnostic_code():
+    # official ActivityNet A2Net: anchors not refined, scored by sigmoid(overlap) x CONCAT_AB 0.4, 4 convs per AF branch
+    torch.manual_seed(0)
+    model = build_a2net({"input_dim": 6, "num_classes": 1, "base_dim": 8, "pyramid_dims": [8, 8, 8], "head_dim": 8,
+                         "ab_regression": False, "ab_score": "overlap", "af_convs": 4, "ab_score_weight": 0.4,
+                         "anchor_free": False})
+    x, mask = torch.randn(1, 16, 6), torch.ones(1, 16, dtype=torch.bool)
+    out = model.outputs(x, mask)
+    torch.testing.assert_close(out["ab_segments"][0], out["anchors"])
+    batch = {"features": x, "mask": mask, "segments": [torch.tensor([[2.0, 9.0]])], "labels": [torch.tensor([0])]}
+    assert set(model(batch)) == {"loss", "loss_ab_overlap"}
+    model.nms = {"method": "none"}
+    _, scores, labels = model.predict(batch)[0]
+    expected = torch.sigmoid(out["ab_overlap"][0])
+    inside = (out["anchors"][:, 1] > out["anchors"][:, 0]) & (out["anchors"][:, 0] < 16)
+    assert sorted(scores.tolist()) == pytest.approx(sorted(expected[inside & (out["anchors"][:, 1] > 0)].tolist()))
+    assert set(labels.tolist()) == {0}
+    both = build_a2net({"input_dim": 6, "num_classes": 1, "base_dim": 8, "pyramid_dims": [8, 8, 8], "head_dim": 8,
+                        "af_convs": 4})
+    assert len(both.af_head.cls_tower) == len(both.af_head.reg_tower) == 4

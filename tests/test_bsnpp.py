@@ -190,13 +190,15 @@ def test_iou_balanced_sampling_keeps_the_bins_balanced():
     iou[1, 1, :2] = 0.95  # 2 more high: 5 over the batch
     iou[0, 2, :] = 0.5  # 10 medium
     iou[1, 3, :4] = 0.31  # 4 more medium
+    iou[1, 4, :7] = 0.1  # 7 low; the other 74 valid cells overlap nothing (IoU 0)
     valid = torch.ones(2, 6, 10, dtype=torch.bool)
-    valid[:, 5] = False  # 100 valid cells: 5 high, 14 medium, 81 low
+    valid[:, 5] = False  # 100 valid cells: 5 high, 14 medium, 7 low, 74 zero
     for seed in range(3):
         high, medium, low = iou_balanced_sample(iou, valid, 0.3, 0.7, torch.Generator().manual_seed(seed))
         assert int(high.sum()) == int(medium.sum()) == int(low.sum()) == 5
         assert bool((iou[high] > 0.7).all())
-        assert bool(((iou[medium] > 0.3) & (iou[medium] <= 0.7)).all()) and bool((iou[low] <= 0.3).all())
+        assert bool(((iou[medium] > 0.3) & (iou[medium] <= 0.7)).all())
+        assert bool(((iou[low] > 0) & (iou[low] <= 0.3)).all())  # BMN's low bin: 0 < IoU <= 0.3
         assert not (high | medium | low)[~valid].any()
     iou[0, 2, 1:] = 0.0  # only 1 + 4 = 5 medium left, and 1 more high: the medium bin gives all it has
     iou[0, 4, 0] = 0.9
@@ -238,6 +240,45 @@ def test_boundary_candidates_by_hand():
     assert boundary_candidates(prob, valid, 0.2)[0].nonzero()[:, 0].tolist() == [1, 2, 3, 4, 5]
     valid[0, 5] = False  # max 0.5 now; step 4 is no peak (0.3 before it) and not above 0.25
     assert boundary_candidates(prob, valid, 0.5)[0].nonzero()[:, 0].tolist() == [1, 3]
+
+    # BMN's post_processing forces the first start and the last end in (start_bins[0] = end_bins[-1] = 1)
+    assert boundary_candidates(prob, valid, 0.5, "first")[0].nonzero()[:, 0].tolist() == [0, 1, 3]
+    assert boundary_candidates(prob, valid, 0.5, "last")[0].nonzero()[:, 0].tolist() == [1, 3, 4]
+
+
+def test_proposal_scores_are_bmns_plain_product_with_forced_ends():
+    # BMN: score = start * end * clr * reg over candidates that include the first start and the last end
+    model = tiny_model().eval()
+    x = torch.randn(1, T, D, generator=torch.Generator().manual_seed(0))
+    batch = {"features": x, "mask": torch.ones(1, T, dtype=torch.bool)}
+    out = model.outputs(x, batch["mask"])
+    start, end = out["boundary"][0]
+    conf = out["map"][0].sigmoid()
+    model.nms = {"method": "none"}
+    model.max_proposals = 10**6
+    segments, scores, _ = model.predict(batch)[0]
+    first, last = segments[:, 0] == 0, segments[:, 1] == T
+    assert first.any() and last.any()
+    s, e = segments[:, 0].long(), segments[:, 1].long()
+    expected = start[s] * end[e - 1] * conf[0, e - s - 1, s] * conf[1, e - s - 1, s]
+    torch.testing.assert_close(scores, expected)
+
+
+def test_map_regression_loss_is_half_the_mean_squared_error(monkeypatch):
+    # BMN's pem_reg_loss: 0.5 * sum(weights * (pred - iou)^2) / sum(weights)
+    import tal.models.bsnpp as bsnpp_module
+
+    monkeypatch.setattr(bsnpp_module, "iou_balanced_sample",
+                        lambda iou, valid, *a, **k: (valid, torch.zeros_like(valid), torch.zeros_like(valid)))
+    monkeypatch.setattr(bsnpp_module, "scale_balanced_weights", lambda positive, bins, *a: positive.float())
+    model = tiny_model()
+    x = torch.randn(1, T, D, generator=torch.Generator().manual_seed(1))
+    out = model.outputs(x, torch.ones(1, T, dtype=torch.bool))
+    gt, gt_valid = torch.tensor([[[2.0, 9.0]]]), torch.ones(1, 1, dtype=torch.bool)
+    losses = model._map_losses(out, gt, gt_valid)
+    iou = bsnpp_module.iou_map_targets(model.cell_segments, gt, gt_valid)[out["cell_valid"]]
+    reg = out["map"][:, 0].sigmoid()[out["cell_valid"]]
+    assert losses["map_reg"].item() == pytest.approx(0.5 * ((reg - iou) ** 2).mean().item(), rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------

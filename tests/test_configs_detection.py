@@ -31,6 +31,11 @@ REQUIRED = {f"synthetic/{h}" for h in HEADS} | {f"thumos14/{h}" for h in ("a2net
 BENCHMARKS = {"thumos14": (2048, 20, THUMOS14_TIOU), "activitynet13": (512, 200, ACTIVITYNET_TIOU),
               "synthetic": (64, 4, None)}
 
+THUMOS14_CLASSES = ["BaseballPitch", "BasketballDunk", "Billiards", "CleanAndJerk", "CliffDiving", "CricketBowling",
+                    "CricketShot", "Diving", "FrisbeeCatch", "GolfSwing", "HammerThrow", "HighJump", "JavelinThrow",
+                    "LongJump", "PoleVault", "Shotput", "SoccerPenalty", "TennisSwing", "ThrowDiscus",
+                    "VolleyballSpiking"]
+
 
 def detection_configs() -> list[str]:
     """`<benchmark>/<name>` of every configs/*/*.yaml of a detection or proposal head (files named _* are bases)."""
@@ -51,23 +56,25 @@ def test_config_builds_its_head_without_data(name):
     input_dim, num_classes, tiou = BENCHMARKS[benchmark]
     cfg = load_config(CONFIGS / f"{name}.yaml")
     data, head = cfg["dataset"], cfg["model"]["name"]
-    meta = {"input_dim": input_dim, "classes": [f"class{i}" for i in range(num_classes)], "mode": data["mode"],
+    classes = THUMOS14_CLASSES if benchmark == "thumos14" else [f"class{i}" for i in range(num_classes)]
+    meta = {"input_dim": input_dim, "classes": classes, "mode": data["mode"],
             "num_steps": data["num_steps"]}
     task = build_task(cfg, meta=meta)
     model = task.build_model()
 
     assert isinstance(model, HEADS[head])
-    assert task.is_proposal_head(model) == (head in PROPOSAL_HEADS)
+    agnostic = bool(data.get("class_agnostic"))  # detections labelled by a video classifier
+    assert task.is_proposal_head(model) == (head in PROPOSAL_HEADS or agnostic)
     if tiou is not None:
         assert np.allclose(task.tiou, tiou)
     if head in PROPOSAL_HEADS:  # a fixed-length input: the head's length is the dataset's
         length = model.num_steps if head == "bsnpp" else model.num_clips * model.frame_stride
         assert length == data["num_steps"]
     else:
-        assert model.num_classes == num_classes
+        assert model.num_classes == (1 if agnostic else num_classes)
     if benchmark == "activitynet13":
         assert data["mode"] == "rescale" and data["train_subset"] == "training" and data["val_subset"] == "validation"
-        if head in PROPOSAL_HEADS:  # detections by fusion with a user-supplied video classification file
+        if head in PROPOSAL_HEADS or agnostic:  # detections by fusion with a user-supplied video classification file
             assert data["classification"].endswith(".json") and data["classes_per_proposal"] == 2
             assert task.default_metric == "average_mAP"
     if benchmark == "thumos14":
@@ -207,3 +214,76 @@ def test_proposal_heads_beat_sliding_windows_by_a_wide_margin(head, tmp_path_fac
     baseline = sliding.best_row(sliding.baseline_table(load_subset(data.annotations, "validation"), [4, 5, 6, 7]))
     assert baseline["AR@100"] == pytest.approx(0.400, abs=0.001)  # no model: the same on every build
     assert value - baseline["AR@100"] >= WIDE_MARGIN
+
+
+@pytest.mark.parametrize("name", [n for n in detection_configs() if not n.startswith("synthetic/")])
+def test_benchmark_configs_train_without_gradient_clipping(name, tmp_path):
+    # A2Net's, TCN's, BMN's and BSN++'s official training loops never clip the gradient norm
+    from tal.engine.trainer import Trainer
+
+    trainer = Trainer(load_config(CONFIGS / f"{name}.yaml"), tmp_path, progress=False)
+    assert trainer.clip == 0.0
+
+
+@pytest.mark.parametrize("name", [n for n in detection_configs() if n.startswith("thumos14/")])
+def test_thumos14_configs_import_features_at_each_videos_fps(name):
+    # THUMOS14 has videos at 30, 29.97, 25 and 24 fps: one --fps for all mis-times 31 of them
+    text = (CONFIGS / f"{name}.yaml").read_text()
+    assert "--fps" not in text
+    assert "--video-info" in text or "_base_: " in text  # a derived config says it in its base
+
+
+def test_thumos14_tcn_caps_hold_every_instance_of_a_test_window(shared_data):
+    # ActivityNet's 20 proposals / 20 detections per input would cap THUMOS14 recall: a test window of
+    # 2304 I3D features (stride 4, window 16, each video's fps) holds up to 106 instances
+    from tal.tasks.detection import window_starts
+
+    cfg = load_config(CONFIGS / "thumos14/tcn.yaml")
+    num_steps, overlap = cfg["dataset"]["num_steps"], cfg["dataset"]["window_overlap"]
+    database = json.loads((shared_data / "thumos14/thumos14_actionformer.json").read_text())["database"]
+    most = 0
+    for video in database.values():
+        if video["subset"] != "Test" or not video["annotations"]:
+            continue
+        fps = video["fps"]
+        steps = (np.array([a["segment"] for a in video["annotations"]]) * fps - 8) / 4 + 0.5
+        num_features = int(round((video["duration"] * fps - 16) / 4 + 1))
+        for start in window_starts(num_features, num_steps, overlap):
+            most = max(most, int(((steps[:, 0] >= start) & (steps[:, 1] <= start + num_steps)).sum()))
+    assert most == 106
+    model = tcn.build_tcn({**cfg["model"], "input_dim": 8, "num_classes": 20})
+    assert model.proposal_nms["max_detections"] >= most and model.nms["max_detections"] >= most
+
+
+@pytest.mark.parametrize("name, longer", [("thumos14/bsnpp", 353), ("thumos14/bsnpp_long", 8)])
+def test_thumos14_bsnpp_proposal_lengths_against_the_test_instances(name, longer, shared_data):
+    # test instances longer than the longest proposal (I3D stride 4 at each video's fps), of 3,358
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    database = json.loads((shared_data / "thumos14/thumos14_actionformer.json").read_text())["database"]
+    steps = np.array([(a["segment"][1] - a["segment"][0]) * v["fps"] / 4 for v in database.values()
+                      if v["subset"] == "Test" for a in v["annotations"]])
+    assert len(steps) == 3358 and int((steps > cfg["model"]["max_duration"]).sum()) == longer
+    assert cfg["eval"]["proposal_ar_at"] == [50, 100, 200, 500, 1000] and cfg["eval"]["max_avg_proposals"] == 1000
+
+
+# Slow (about 25 min on one CPU thread): `tal train configs/thumos14/a2net.yaml` on synthetic features along
+# THUMOS14's annotations (widths / 4 so a CPU can run it) gives every one of the 20 classes, CliffDiving included,
+# a nonzero test AP: every doubly annotated CliffDiving = Diving instance trains both labels.
+A2NET_THUMOS14_CPU = ["+model.base_dim=128", "+model.pyramid_dims=[128,256,256,512,512,1024]", "+model.head_dim=128",
+                      "+eval.interval=10"]
+
+
+@pytest.mark.slow
+def test_thumos14_a2net_config_scores_every_class_on_features_along_thumos14(shared_data, tmp_path):
+    from tal.datasets.synthetic import make_detection_features
+    from tal.eval.detection import evaluate_detection_files
+
+    made = make_detection_features(shared_data / "thumos14/thumos14_actionformer.json", tmp_path / "data")
+    work = tmp_path / "run"
+    assert tal_main(["train", str(CONFIGS / "thumos14/a2net.yaml"), "--work-dir", str(work), "--threads", "1",
+                     "--set", f"dataset.features={made.features}", f"dataset.annotations={made.annotations}",
+                     *A2NET_THUMOS14_CPU]) == 0
+    result = evaluate_detection_files(made.annotations, work / "predictions.json", "Test", THUMOS14_TIOU)
+    per_class = dict(zip(result.classes, result.ap.mean(axis=0)))
+    assert len(per_class) == 20 and min(per_class.values()) > 0, per_class
+    assert per_class["CliffDiving"] > 0.05

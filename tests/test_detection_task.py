@@ -144,3 +144,55 @@ def test_proposal_head_with_classification_file_gives_detections(detection_set, 
     assert all("label" not in r for rows in written["results"].values() for r in rows)  # proposals
     fused = json.loads((tmp_path / "run" / "predictions_detections.json").read_text())
     assert any(r["label"] for rows in fused["results"].values() for r in rows)
+
+
+class _SoftHead(torch.nn.Module):
+    """Two copies of [2, 6] (scores 0.9, 0.8) per chunk, through its own soft-NMS as heads do."""
+
+    def __init__(self):
+        super().__init__()
+        self.nms = {"method": "soft-gaussian", "sigma": 0.5}
+
+    def predict(self, batch):
+        from tal.ops.nms import postprocess_detections
+
+        segments, scores = torch.tensor([[2.0, 6.0], [2.0, 6.0]]), torch.tensor([0.9, 0.8])
+        return [postprocess_detections(segments, scores, torch.zeros(2, dtype=torch.long), **self.nms)
+                for _ in range(batch["features"].shape[0])]
+
+
+def test_windows_are_nmsed_once_after_the_merge(detection_set):
+    # the copy decays once, by exp(-1 / 0.5); NMS in every window and again per video decayed it twice
+    task = DetectionTask(_config(detection_set, "dataset.num_steps=32", "dataset.window_overlap=0.5"))
+    timing = Timing(fps=30.0, stride=8, window=16, duration=80 * 8 / 30, num_features=80)
+    head = _SoftHead()
+    _, scores, _ = task.detect_video(head, torch.zeros(80, 16), timing, torch.device("cpu"))
+    assert sorted(scores.tolist()) == pytest.approx([0.8 * np.exp(-2.0)] * 4 + [0.9] * 4)
+    assert head.nms == {"method": "soft-gaussian", "sigma": 0.5}
+    task.eval_cfg["nms_per_window"] = True
+    _, scores, _ = task.detect_video(head, torch.zeros(80, 16), timing, torch.device("cpu"))
+    assert sorted(scores.tolist()) == pytest.approx([0.8 * np.exp(-4.0)] * 4 + [0.9] * 4)
+
+
+def test_class_agnostic_detection_head_is_labelled_by_the_video_classifier(detection_set, tmp_path):
+    # the official A2Net ActivityNet protocol: a class-agnostic detector, labels from video-level scores
+    truth = json.loads(detection_set.annotations.read_text())["database"]
+    classes = {"results": {vid: [{"label": "zzz", "score": 0.5}] for vid in truth}}
+    (tmp_path / "cls.json").write_text(json.dumps(classes))
+    cfg = load_config("configs/synthetic/a2net.yaml", [
+        f"dataset.features={detection_set.features}", f"dataset.annotations={detection_set.annotations}",
+        "dataset.mode=rescale", "dataset.num_steps=32", f"+dataset.classification={tmp_path / 'cls.json'}",
+        "+dataset.class_agnostic=true", "+dataset.classes_per_proposal=1", "train.epochs=1"])
+    task = DetectionTask(cfg)
+    model = task.build_model()
+    assert model.num_classes == 1 and task.is_proposal_head(model)
+    assert {int(c) for lab in task.train_batch(model, [0, 1, 2])["labels"] for c in lab} == {0}
+    train(cfg, tmp_path / "run", progress=False)
+    written = json.loads((tmp_path / "run" / "predictions.json").read_text())
+    assert all("label" not in r for rows in written["results"].values() for r in rows)
+    fused = json.loads((tmp_path / "run" / "predictions_detections.json").read_text())
+    rows = [r for rows in fused["results"].values() for r in rows]
+    assert rows and {r["label"] for r in rows} == {"zzz"}
+    by_video = {vid: {tuple(r["segment"]): r["score"] for r in rows} for vid, rows in written["results"].items()}
+    assert all(r["score"] == pytest.approx(0.5 * by_video[vid][tuple(r["segment"])])
+               for vid, rows in fused["results"].items() for r in rows)

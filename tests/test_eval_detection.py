@@ -195,6 +195,15 @@ def test_reversed_prediction_is_a_false_positive():
     assert result.ap.tolist() == [[1.0]]
 
 
+def test_reversed_prediction_with_two_zero_unions_locks_the_official_ground_truth():
+    # [17, 13] (length -4) against [2, 6] and [24, 28] (length 4): union 0 twice, the official tIoU is
+    # NaN for both, and its argsort()[::-1] of [NaN, NaN, -0, -0] takes [24, 28] first. So [0, 8]
+    # (tIoU 0.5 with [2, 6]) is a second true positive: AP = 2/4 (tied +inf would lock [2, 6]: 1/4).
+    gt = gt_of({"v": [(2, 6, "a"), (24, 28, "a"), (40, 41, "a"), (43, 44, "a")]})
+    result = evaluate_detection(gt, preds_of({"v": [(17, 13, 0.9, "a"), (0, 8, 0.5, "a")]}), [0.5])
+    assert result.ap.tolist() == [[0.5]]
+
+
 def test_per_class_json_and_keys():
     gt = gt_of({"v": [(0, 10, "b"), (20, 30, "a")]})
     result = evaluate_detection(gt, preds_of({"v": [(0, 10, 0.9, "b")]}), [0.5, 0.75])

@@ -168,3 +168,19 @@ def test_matches_plain_loop_on_random_sets_with_ties(seed):
         k = n * 100 / max_avg
         if k == int(k):  # AR@n on a point of the curve is that point
             assert value == expected.mean(axis=0)[int(k) - 1]
+
+
+def test_ar_at_thumos14_ans_by_hand():
+    # 1000 proposals on one video; only the 300th (rank 299) is the ground truth: found from AN 300 on
+    from tal.eval.proposals import THUMOS14_AR_AT
+
+    gt = DetectionAnnotations({"v": VideoAnnotation("v", "test", 5000.0, np.array([[0.0, 10.0]]), ["a"])}, ["a"])
+    segments = np.array([[100.0 + 4 * i, 102.0 + 4 * i] for i in range(1000)])
+    segments[299] = [0.0, 10.0]
+    scores = 1.0 - np.arange(1000) / 1000
+    preds = parse_segment_predictions({"results": {"v": [{"segment": s.tolist(), "score": float(c)}
+                                                         for s, c in zip(segments, scores)]}}, "p.json",
+                                      with_labels=False)
+    result = evaluate_proposals(gt, preds, 1000, np.linspace(0.5, 1.0, 11), THUMOS14_AR_AT)
+    assert result.to_json() == pytest.approx({"AR@50": 0.0, "AR@100": 0.0, "AR@200": 0.0, "AR@500": 1.0,
+                                              "AR@1000": 1.0, "AUC": result.auc})

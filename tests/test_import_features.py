@@ -177,3 +177,34 @@ def test_cli_features_info_problems(tmp_path, capsys):
     (tmp_path / "t.h5").write_text("text")
     assert main(["features", "info", str(tmp_path / "t.h5")]) == 2
     assert "t.h5: not an HDF5 file" in capsys.readouterr().err
+
+
+def test_per_video_fps_and_durations_from_the_thumos14_annotation_file(shared_data, tmp_path, capsys):
+    # ActionFormer's thumos14.json records each video's rate; the official A2Net THUMOS14 config lists the
+    # same test videos as 25 fps (video_test_0000950, ...) and 24 fps (video_test_0001207)
+    info = shared_data / "thumos14/thumos14_actionformer.json"
+    src = tmp_path / "i3d_features"
+    src.mkdir()
+    expected = {"video_test_0000004": (30.0, 33.83), "video_test_0000950": (25.0, 1315.39),
+                "video_test_0001207": (24.0, 1103.7), "video_test_0000273": (29.97, 128.78)}
+    for vid in expected:
+        np.save(src / f"{vid}.npy", _arr(6))
+    out = tmp_path / "thumos.h5"
+    assert main(["import-features", "--format", "npy-dir", str(src), "--out", str(out), "--stride", "4",
+                 "--window", "16", "--video-info", str(info)]) == 0
+    with open_feature_cache(out) as cache:
+        got = {vid: (cache.meta(vid).fps, cache.meta(vid).duration) for vid in cache.videos}
+    assert got == expected
+    # --fps as well is refused: the file already gives every video its rate
+    assert main(["import-features", "--format", "npy-dir", str(src), "--out", str(tmp_path / "x.h5"), "--fps", "30",
+                 "--stride", "4", "--window", "16", "--video-info", str(info)]) == 2
+    assert "drop --fps and --durations" in capsys.readouterr().err
+
+
+def test_video_info_without_fps_is_a_one_line_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    np.save(src / "v.npy", _arr(3))
+    (tmp_path / "gt.json").write_text(json.dumps({"database": {"v": {"duration": 3.0, "annotations": []}}}))
+    with pytest.raises(TalInputError, match=r"gt.json: video 'v' needs both 'fps' and 'duration'"):
+        import_features("npy-dir", src, tmp_path / "o.h5", None, 4, 16, video_info=tmp_path / "gt.json")

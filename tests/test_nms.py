@@ -2,6 +2,7 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,22 +18,25 @@ def assert_segments(actual, expected):
 # --- the textbook loops -----------------------------------------------------------------------------
 
 
-def ref_tiou(a, b):
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+def ref_tiou(a, b, real=float):
+    """tIoU computed in `real` arithmetic (float: double; numpy.float32: single, as torchvision's kernel)."""
+    a, b = [real(x) for x in a], [real(x) for x in b]
+    inter = max(real(0.0), min(a[1], b[1]) - max(a[0], b[0]))
     union = (b[1] - b[0]) + (a[1] - a[0]) - inter
-    return inter / union if union > 0 else 0.0
+    return float(inter / union) if union > 0 else 0.0
 
 
-def ref_hard(segments, scores, labels, threshold):
-    """Greedy NMS: visit by score (ties: lower index first), keep unless a kept one of its label overlaps > t."""
+def ref_hard(segments, scores, labels, threshold, real=float):
+    """Greedy NMS: visit by score (ties: lower index first), keep unless a kept one of its label overlaps > t
+    (the tIoU in `real` arithmetic, the threshold a double)."""
     kept = []
     for i in sorted(range(len(scores)), key=lambda i: (-scores[i], i)):
-        if all(labels[k] != labels[i] or ref_tiou(segments[k], segments[i]) <= threshold for k in kept):
+        if all(labels[k] != labels[i] or ref_tiou(segments[k], segments[i], real) <= threshold for k in kept):
             kept.append(i)
     return kept
 
 
-def ref_soft(segments, scores, labels, method, threshold, sigma, score_threshold=None):
+def ref_soft(segments, scores, labels, method, threshold, sigma, score_threshold=None, real=float):
     """Bodla et al.'s soft NMS per label: pick the best remaining, decay the rest, drop those below the floor."""
     picked = []
     for label in sorted(set(labels)):
@@ -44,7 +48,8 @@ def ref_soft(segments, scores, labels, method, threshold, sigma, score_threshold
             for i in list(remaining):
                 overlap = ref_tiou(segments[best], segments[i])
                 if method == "linear":
-                    remaining[i] *= 1.0 - overlap if overlap > threshold else 1.0
+                    above = ref_tiou(segments[best], segments[i], real) > threshold
+                    remaining[i] *= 1.0 - overlap if above else 1.0
                 else:
                     remaining[i] *= math.exp(-overlap * overlap / sigma)
                 if score_threshold is not None and remaining[i] < score_threshold:
@@ -80,10 +85,11 @@ def test_hard_nms_matches_greedy_loop(seed, dtype):
     segments, scores, labels = random_case(seed, n=120, num_classes=3)
     seg, sc, lab = as_tensors(segments, scores, labels, dtype)
     ranked = sc.tolist()  # the reference ranks the scores the function sees (float32-rounded too)
+    real = np.float32 if dtype == torch.float32 else float
     for threshold in (0.0, 0.3, 0.5, 0.75, 1.0):
-        expected = ref_hard(segments, ranked, labels, threshold)
+        expected = ref_hard(segments, ranked, labels, threshold, real)
         assert batched_nms(seg, sc, lab, threshold).tolist() == expected
-        assert nms(seg, sc, threshold).tolist() == ref_hard(segments, ranked, [0] * len(labels), threshold)
+        assert nms(seg, sc, threshold).tolist() == ref_hard(segments, ranked, [0] * len(labels), threshold, real)
         # blocks of any size give the same decisions
         for block_size in (1, 7, 50):
             assert batched_nms(seg, sc, lab, threshold, block_size=block_size).tolist() == expected
@@ -98,7 +104,8 @@ def test_soft_nms_matches_reference(seed, method, dtype):
     seg, sc, lab = as_tensors(segments, scores, labels, dtype)
     scores_in = sc.tolist()
     for score_threshold, class_labels in ((None, labels), (0.05, labels), (0.05, None)):
-        ref = ref_soft(segments, scores_in, class_labels or [0] * len(labels), method, 0.4, 0.5, score_threshold)
+        ref = ref_soft(segments, scores_in, class_labels or [0] * len(labels), method, 0.4, 0.5, score_threshold,
+                       np.float32 if dtype == torch.float32 else float)
         keep, decayed = soft_nms(seg, sc, None if class_labels is None else lab, method, 0.4, 0.5, score_threshold)
         assert keep.tolist() == [i for i, _ in ref]
         assert decayed.dtype == dtype
@@ -224,20 +231,45 @@ def test_score_voting_by_hand():
     sc = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
     keep = torch.tensor([0])
     # tIoU with segment 0: itself 1, segment 1 9/11 = 0.82, segment 2 8/12 = 0.67
-    voted = score_voting(seg, sc, None, keep, 0.7)
+    voted = score_voting(seg, sc, None, keep, 0.7, voting_weight="score")
     assert_segments(voted, [[(0.3 * 1) / 0.9, (0.6 * 10 + 0.3 * 11) / 0.9]])
-    voted = score_voting(seg, sc, None, keep, 0.6)
+    voted = score_voting(seg, sc, None, keep, 0.6, voting_weight="score")
     assert_segments(voted, [[0.5, 10.5]])
     # per class, segment 2 (class 1) does not vote for segment 0
-    voted = score_voting(seg, sc, torch.tensor([0, 0, 1]), torch.tensor([0, 2]), 0.6)
+    voted = score_voting(seg, sc, torch.tensor([0, 0, 1]), torch.tensor([0, 2]), 0.6, voting_weight="score")
     assert_segments(voted, [[1 / 3, 31 / 3], [2.0, 12.0]])
 
+
+def test_score_voting_weights_by_score_times_tiou_as_actionformer():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0]], dtype=torch.float64)
+    sc = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
+    # ActionFormer's seg_voting: weights score x tIoU = 0.6 x 1 and 0.3 x 9/11 (segment 2: 8/12 < 0.7)
+    w0, w1 = 0.6, 0.3 * 9 / 11
+    expected = [[w1 / (w0 + w1), (10 * w0 + 11 * w1) / (w0 + w1)]]
+    assert_segments(score_voting(seg, sc, None, torch.tensor([0]), 0.7), expected)
+    out_seg, _, _ = postprocess_detections(seg, sc, method="hard", iou_threshold=0.5, voting_threshold=0.7)
+    assert_segments(out_seg, expected)
+    with pytest.raises(ValueError, match="voting_weight must be one of score-tiou, score"):
+        score_voting(seg, sc, None, torch.tensor([0]), 0.7, voting_weight="tiou")
+
+
+def test_float32_tiou_is_compared_with_the_threshold_in_float64():
+    # tIoU([13, 20], [19, 23]) = 1/10; in float32 that is 0.10000000149 > 0.1, and torchvision
+    # compares its float IoU with a double threshold, so it keeps one segment
+    import torchvision
+    seg = torch.tensor([[13.0, 20.0], [19.0, 23.0]])
+    sc = torch.tensor([0.9, 0.8])
+    boxes = torch.stack([seg[:, 0], torch.zeros(2), seg[:, 1], torch.ones(2)], 1)
+    assert torchvision.ops.nms(boxes, sc, 0.1).tolist() == [0]
+    assert nms(seg, sc, 0.1).tolist() == [0]
+    keep, decayed = soft_nms(seg, sc, method="linear", iou_threshold=0.1)
+    assert keep.tolist() == [0, 1] and decayed.tolist() == pytest.approx([0.9, 0.8 * 0.9])
 
 def test_postprocess_hard_with_voting_by_hand():
     seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0], [30.0, 40.0]], dtype=torch.float64)
     sc = torch.tensor([0.6, 0.3, 0.1, 0.2], dtype=torch.float64)
     out_seg, out_sc, out_lab = postprocess_detections(seg, sc, method="hard", iou_threshold=0.5,
-                                                      voting_threshold=0.6)
+                                                      voting_threshold=0.6, voting_weight="score")
     # 1 and 2 are suppressed by 0 and vote for it with their input scores; 3 votes for itself alone
     assert_segments(out_seg, [[0.5, 10.5], [30.0, 40.0]])
     assert out_sc.tolist() == pytest.approx([0.6, 0.2])
@@ -247,7 +279,8 @@ def test_postprocess_hard_with_voting_by_hand():
 def test_postprocess_soft_gaussian_votes_with_input_scores():
     seg = torch.tensor([[0.0, 10.0], [1.0, 11.0], [2.0, 12.0]], dtype=torch.float64)
     sc = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
-    out_seg, out_sc, _ = postprocess_detections(seg, sc, method="soft-gaussian", sigma=0.5, voting_threshold=0.7)
+    out_seg, out_sc, _ = postprocess_detections(seg, sc, method="soft-gaussian", sigma=0.5, voting_threshold=0.7,
+                                                voting_weight="score")
     # all three are kept; 1 is decayed by 0 (tIoU 9/11), 2 by 0 (8/12) and then by 1 (9/11)
     d1 = 0.3 * math.exp(-(9 / 11) ** 2 / 0.5)
     d2 = 0.1 * math.exp(-(8 / 12) ** 2 / 0.5) * math.exp(-(9 / 11) ** 2 / 0.5)
@@ -376,3 +409,21 @@ def test_outputs_keep_dtype_and_device(dtype, device):
         assert out_seg.shape == (10, 2)
         assert out_sc.tolist() == sorted(out_sc.tolist(), reverse=True)
         assert not out_seg.isnan().any()
+
+
+def test_adaptive_soft_nms_decays_only_above_bmn_threshold():
+    # BMN's soft_nms (alpha 0.4, t1 0.5, t2 0.9, widths / video length 10): decay where tIoU > 0.5 + 0.4 * width
+    seg = torch.tensor([[0.0, 4.0], [0.0, 3.0], [0.0, 2.0]], dtype=torch.float64)
+    sc = torch.tensor([0.9, 0.8, 0.7], dtype=torch.float64)
+    keep, decayed = soft_nms(seg, sc, method="adaptive", iou_threshold=0.5, sigma=0.4, high_threshold=0.9,
+                             width_scale=10.0)
+    # pick [0, 4] (limit 0.66): [0, 3] (tIoU 3/4) decays, [0, 2] (1/2) does not; pick [0, 2] (limit 0.58):
+    # [0, 3] (tIoU 2/3) decays again
+    assert keep.tolist() == [0, 2, 1]
+    assert decayed.tolist() == pytest.approx([0.9, 0.7, 0.8 * math.exp(-0.5625 / 0.4) * math.exp(-(4 / 9) / 0.4)],
+                                             abs=1e-12)
+    out_seg, out_sc, _ = postprocess_detections(seg, sc, method="soft-adaptive", iou_threshold=0.5, sigma=0.4,
+                                                width_scale=10.0)
+    assert out_sc.tolist() == pytest.approx(decayed.tolist(), abs=1e-12)
+    with pytest.raises(ValueError, match="adaptive soft NMS needs width_scale > 0"):
+        soft_nms(seg, sc, method="adaptive")

@@ -23,6 +23,7 @@ from tal.models.tcn import (
     sample_proposals,
     tcn_proposals,
 )
+from tal.ops.nms import postprocess_detections
 from tal.ops.segments import pairwise_tiou
 from tal.registry import MODELS
 
@@ -156,7 +157,7 @@ def test_assign_proposals_by_hand():
     proposals, _, valid = tcn_proposals(torch.tensor([16, 6]), 16, 2.0, 3, 1.0)
     gt, labels, gt_valid = pad_ground_truth([torch.tensor([[4.0, 8.0]]), torch.zeros(0, 2)],
                                             [torch.tensor([1]), torch.zeros(0, dtype=torch.long)], torch.device("cpu"))
-    kind, classes = assign_proposals(proposals, valid, gt, labels, gt_valid, 0.7, 0.3, torch.tensor([0.4, 0.5, 0.6]))
+    kind, classes, _ = assign_proposals(proposals, valid, gt, labels, gt_valid, 0.7, 0.3, torch.tensor([0.4, 0.5, 0.6]))
     assert kind.shape == classes.shape == (2, 15, 3)
     expected = torch.full((2, 15, 3), IGNORED)
     # centre 6: [5, 7] 0.5, [4, 8] 1.0, [2, 10] 0.5 -> the best scale is positive, the others scale negatives
@@ -176,7 +177,7 @@ def test_best_scale_ties_go_to_the_shortest_scale_and_labels_follow_the_best_gro
     proposals = torch.tensor([[[[0.0, 4.0], [0.0, 4.0]], [[10.0, 12.0], [9.0, 13.0]]]])  # [1, 2 centres, 2 scales, 2]
     gt, labels, gt_valid = pad_ground_truth([torch.tensor([[0.0, 4.0], [9.5, 13.0]])], [torch.tensor([0, 2])],
                                             torch.device("cpu"))
-    kind, classes = assign_proposals(proposals, torch.ones(1, 2, dtype=torch.bool), gt, labels, gt_valid, 0.7, 0.3,
+    kind, classes, _ = assign_proposals(proposals, torch.ones(1, 2, dtype=torch.bool), gt, labels, gt_valid, 0.7, 0.3,
                                      torch.tensor([0.5, 0.5]))
     assert kind.tolist() == [[[POSITIVE, SCALE_NEGATIVE], [SCALE_NEGATIVE, POSITIVE]]]  # [10, 12] 2/3.5, [9, 13] 3.5/4
     assert classes.tolist() == [[[1, 1], [3, 3]]]
@@ -338,3 +339,26 @@ def test_build_rejects_bad_configs():
     model = build_tcn(tiny_cfg(name="tcn", class_tiou=0.5, samples_per_video={"hard_negative": 8}))
     assert model.class_tiou.tolist() == [0.5] * 4
     assert model.samples_per_video == {"positive": 32, "scale_negative": 32, "hard_negative": 8}
+
+
+def test_classifier_draws_mostly_positives_as_the_official_sampler():
+    # official train_proposal_class2.load_data: 960 positives, 32 scale and 32 hard negatives per 1024
+    from tal.models.tcn import HARD_NEGATIVE, KIND_NAMES, OFFICIAL_CLS_SAMPLES_PER_VIDEO, POSITIVE, sample_proposals
+
+    kind = torch.tensor([[POSITIVE] * 40 + [2] * 40 + [HARD_NEGATIVE] * 40] * 30)  # 30 videos
+    counts = {KIND_NAMES[k]: n for k, n in OFFICIAL_CLS_SAMPLES_PER_VIDEO.items()}
+    drawn = kind[sample_proposals(kind, counts, torch.Generator().manual_seed(0))]
+    assert (drawn == POSITIVE).sum() == 960 and len(drawn) == 1020
+    assert float((drawn == POSITIVE).float().mean()) == pytest.approx(960 / 1024, abs=0.005)
+
+
+def test_detections_score_the_ranking_score_and_use_video_priors():
+    # official evaluate.py: label = argmax(classifier + video-level scores), score = ranking score
+    model = tiny_model(drop_background=False).eval()
+    batch = toy_batch()
+    ranked = [postprocess_detections(s, r, None, **model.proposal_nms) for s, r in model.rank(batch)]
+    segments, scores, _ = model.predict(batch)[0]
+    assert sorted(scores.tolist()) == pytest.approx(sorted(ranked[0][1].tolist()))
+    priors = torch.tensor([[0.0, 0.0, 5.0]] * len(batch["features"]))  # class 2 dominates the video
+    _, _, labels = model.predict({**batch, "video_scores": priors})[0]
+    assert labels.tolist() == [2] * len(labels)

@@ -18,11 +18,13 @@ timing: the files do not record it, so give --fps (frames per second of the fram
 computed on), --stride and --window (frames). Durations: --durations FILE (ActivityNet-style JSON with
 "duration" per video, or CSV video,duration), else ((T-1)*stride + window) / fps. '--fps durations'
 derives each video's rate from its duration instead: fps = ((T-1)*stride + window) / duration.
+--video-info FILE takes each video's fps and duration from an annotation file that records them
+(ActionFormer's thumos14.json: THUMOS14 has 30, 29.97, 25 and 24 fps videos).
 'tal features info' shows which was used.
 
 examples:
   tal import-features --format npy-dir data/thumos/i3d_features --out thumos_i3d.h5 \\
-      --fps 30 --stride 4 --window 16 --backbone i3d
+      --stride 4 --window 16 --video-info thumos14.json --backbone i3d
   tal import-features --format activitynet-c3d sub_activitynet_v1-3.c3d.hdf5 --out anet_c3d.h5 \\
       --fps durations --durations activity_net.v1-3.min.json --strip-prefix v_
   tal import-features --format 2dtan-hdf5 tall_c3d_features.hdf5 --out tacos_c3d.h5 --fps 29.4 --stride 16 --window 16
@@ -46,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, metavar="S", help="frames between consecutive features")
     p.add_argument("--window", type=int, metavar="W", help="frames per feature")
     p.add_argument("--durations", metavar="FILE", help="ActivityNet-style JSON or CSV video,duration (seconds)")
+    p.add_argument("--video-info", metavar="FILE",
+                   help="ActivityNet-style JSON with each video's fps and duration (replaces --fps and --durations)")
     p.add_argument("--key", metavar="K", help="array name inside .npz/.pt files or per-video HDF5 groups")
     p.add_argument("--transpose", action="store_true", help="the files store [D, T]")
     p.add_argument("--strip-prefix", metavar="P", help="remove P from the start of video ids (e.g. v_)")
@@ -60,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     summary = import_features(args.format, args.src, args.out, args.fps, args.stride, args.window,
                               durations=args.durations, key=args.key, transpose=args.transpose,
                               strip_prefix=args.strip_prefix, backbone=args.backbone,
-                              overwrite=args.overwrite)
+                              video_info=args.video_info, overwrite=args.overwrite)
     from tal.cli.common import count
 
     print(f"tal import-features: {summary.out}: {count(summary.num_videos, 'video')}, dimension {summary.feature_dim}, "

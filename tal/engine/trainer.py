@@ -8,8 +8,9 @@ validation metric (`eval.metric`) improved. At the end the best checkpoint predi
 `predictions.json(l)` and `metrics.json` (what `tal evaluate` would print for them).
 
 train keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, schedule, warmup_epochs,
-milestones, gamma, plateau_factor, plateau_patience, plateau_watch (tal.engine.optim), clip_grad_norm
-(default 1.0; 0 turns it off), amp (CUDA mixed precision), log_interval.
+milestones, gamma, plateau_factor, plateau_patience, plateau_watch (tal.engine.optim), clip_grad_norm (0, the
+default, is off: none of the official detection codes clip, and an always-active clip rescales every SGD step;
+a config sets it where its paper does), amp (CUDA mixed precision), log_interval.
 `--resume` continues from checkpoint_last.pt; the result equals an uninterrupted run with the same seed.
 """
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Trainer:
         check_train_values(self.train_cfg)
         self.epochs = int(self.train_cfg.get("epochs", 10))
         self.batch_size = int(self.train_cfg.get("batch_size", 32))
-        self.clip = float(self.train_cfg.get("clip_grad_norm", 1.0))
+        self.clip = float(self.train_cfg.get("clip_grad_norm", 0.0))
         self.amp = bool(self.train_cfg.get("amp", False)) and self.device.type == "cuda"
         self.seed = int(cfg.get("seed", 0))
 

@@ -21,8 +21,9 @@ Decided edge cases (the official code crashes or is silent on them):
 - predictions on videos outside the subset are false positives, as in the official code;
 - a predicted segment with end < start overlaps nothing (a false positive), as in the official code;
 - where the official code divides 0 by 0 (a zero-length prediction against a zero-length ground
-  truth of the same video and class), its NaN passes every threshold, so that pair is a match here
-  too; no NaN is ever produced.
+  truth of the same video and class, or a reversed prediction as long as the ground truth), its NaN
+  passes every threshold, so that pair is a match here too, and ground truths tied at NaN are
+  ranked as the official argsort ranks NaN; no NaN reaches a result.
 """
 from __future__ import annotations
 
@@ -229,9 +230,9 @@ def _greedy_match(pred_segments: np.ndarray, pred_class: np.ndarray, pred_video:
     for size in np.unique(sizes):
         rows = rows_with_gt[sizes == size]  # [n]
         gt_ids = gt_order[group_start[group[rows]][:, None] + np.arange(size)]  # [n, m]
-        overlap = _official_tiou(pred_segments[rows][:, None, :], gt_segments[gt_ids])  # [n, m]
-        order = np.argsort(overlap, axis=1)[:, ::-1]
-        overlap = np.take_along_axis(overlap, order, axis=1)
+        overlap = _official_tiou(pred_segments[rows][:, None, :], gt_segments[gt_ids])  # [n, m], NaN at 0/0
+        order = np.argsort(overlap, axis=1)[:, ::-1]  # the official argsort, NaN included
+        overlap = np.nan_to_num(np.take_along_axis(overlap, order, axis=1), nan=np.inf)
         gt_ids = np.take_along_axis(gt_ids, order, axis=1)
         width = int((overlap >= lowest).sum(axis=1).max())
         rows_parts.append(rows)
@@ -270,15 +271,17 @@ def _greedy_match(pred_segments: np.ndarray, pred_class: np.ndarray, pred_video:
 
 
 def _official_tiou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """tIoU [...] of broadcast pred [..., 2] and gt [..., 2], with the official code's 0/0 case.
+    """tIoU [...] of broadcast pred [..., 2] and gt [..., 2], NaN where the official code divides 0 by 0.
 
-    The union is zero only for two zero-length segments (or a reversed prediction exactly as long
-    as the ground truth). The official code divides 0 by 0, gets NaN, and NaN passes every
-    threshold test (`NaN < thr` is False), so such a pair is a match; +inf reproduces that.
+    The union is zero only for two zero-length segments, or a reversed prediction exactly as long
+    as the ground truth. NaN passes every official threshold test (`NaN < thr` is False), so such a
+    pair is a match; callers rank with the NaN (numpy's argsort orders tied NaN and tied +inf
+    differently, and the official ranking decides which ground truth is locked) and then compare
+    with +inf in its place.
     """
     overlap = tiou(pred, gt)
     zero_union = (gt[..., 1] - gt[..., 0]) + (pred[..., 1] - pred[..., 0]) == 0
-    return np.where(zero_union, np.inf, overlap)
+    return np.where(zero_union, np.nan, overlap)
 
 
 def _average_precision(tp: np.ndarray, num_gt: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from tal.eval.predictions import SegmentPredictions, read_segment_predictions
 from tal.ops.segments import tiou
 
 AR_AT = (1, 5, 10, 50, 100)
+THUMOS14_AR_AT = (50, 100, 200, 500, 1000)  # BSN / BMN / BSN++ report THUMOS14 proposals at these ANs
 NUM_POINTS = 100
 
 
@@ -68,9 +69,10 @@ class ProposalResult:
 
 
 def evaluate_proposals(ground_truth: DetectionAnnotations, predictions: SegmentPredictions,
-                       max_avg_proposals: float = 100,
-                       tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU) -> ProposalResult:
-    """AR-AN curve of `predictions` (labels ignored) against every video of `ground_truth`."""
+                       max_avg_proposals: float = 100, tiou_thresholds: np.ndarray = ACTIVITYNET_TIOU,
+                       ar_at: tuple[int, ...] = AR_AT) -> ProposalResult:
+    """AR-AN curve of `predictions` (labels ignored) against every video of `ground_truth`; AR at each AN
+    of `ar_at` up to max_avg_proposals (THUMOS14: THUMOS14_AR_AT with max_avg_proposals 1000)."""
     thresholds = np.asarray(tiou_thresholds, dtype=np.float64).reshape(-1)  # [T]
     if not max_avg_proposals > 0:
         raise TalInputError(f"max_avg_proposals must be > 0, got {max_avg_proposals}")
@@ -82,7 +84,7 @@ def evaluate_proposals(ground_truth: DetectionAnnotations, predictions: SegmentP
     gt_segments = np.concatenate([a.segments.reshape(-1, 2) for a in videos]).astype(np.float64)  # [G, 2]
     nominal_an = np.arange(1, NUM_POINTS + 1) / NUM_POINTS * max_avg_proposals  # [J]
     # AR@n is the curve's formula at AN = n: its own point when n is one, else the same step rule
-    at_points = [n for n in AR_AT if n <= max_avg_proposals]
+    at_points = [n for n in ar_at if n <= max_avg_proposals]
     at_fraction = np.array([_curve_fraction(n, max_avg_proposals) for n in at_points])  # [N]
 
     video_index = {a.video: v for v, a in enumerate(videos)}

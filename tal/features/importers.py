@@ -15,6 +15,9 @@ Timing is not stored in these files: `--fps`, `--stride` and `--window` say how 
 Durations come from `--durations FILE` when given, else ((T-1)*stride + window) / fps, the end of
 the last window. `--fps durations` derives a per-video rate from the durations instead, for sets
 whose videos were sampled at their own rates: fps = ((T-1)*stride + window) / duration.
+`--video-info FILE` (an ActivityNet-style JSON whose videos carry `fps` and `duration`, as
+ActionFormer's thumos14.json) gives each video its own frame rate and duration instead of `--fps`:
+THUMOS14 holds videos at 30, 29.97, 25 and 24 fps, and ActionFormer's loader reads each one's.
 """
 from __future__ import annotations
 
@@ -148,17 +151,22 @@ def _duration(value: object, where: str) -> float:
     return d
 
 
+def _video_entries(path: Path) -> dict:
+    """The per-video objects of an ActivityNet-style JSON (`{"database": {vid: ...}}` or `{vid: ...}`)."""
+    data = read_json(path)
+    db = data.get("database", data) if isinstance(data, dict) else None
+    if not isinstance(db, dict):
+        raise TalInputError(f"{path}: expected a JSON object of videos (ActivityNet 'database' style)")
+    return db
+
+
 def read_durations(path: str | Path) -> dict[str, float]:
     """Seconds per video from an ActivityNet-style JSON (`{"database": {vid: {"duration"}}}`, or
     `{vid: {"duration"}}` as in 2D-TAN's caption files) or a CSV `video,duration` (header optional)."""
     path = Path(path)
     if path.suffix.lower() == ".json":
-        data = read_json(path)
-        db = data.get("database", data) if isinstance(data, dict) else None
-        if not isinstance(db, dict):
-            raise TalInputError(f"{path}: expected a JSON object of videos (ActivityNet 'database' style)")
         out = {}
-        for vid, entry in db.items():
+        for vid, entry in _video_entries(path).items():
             value = entry.get("duration") if isinstance(entry, dict) else entry
             if value is None:
                 raise TalInputError(f"{path}: video {vid!r} has no duration")
@@ -192,6 +200,19 @@ def read_durations(path: str | Path) -> dict[str, float]:
     return out
 
 
+def read_video_info(path: str | Path) -> dict[str, tuple[float, float]]:
+    """(fps, duration in seconds) per video from an ActivityNet-style JSON whose entries carry both."""
+    path = Path(path)
+    out = {}
+    for vid, entry in _video_entries(path).items():
+        if not isinstance(entry, dict) or entry.get("fps") is None or entry.get("duration") is None:
+            raise TalInputError(f"{path}: video {vid!r} needs both 'fps' and 'duration' for --video-info; use an "
+                                f"annotation file that records them (e.g. ActionFormer's thumos14.json) or --fps")
+        fps = _duration(entry["fps"], f"{path}: video {vid!r} fps")
+        out[str(vid)] = (fps, _duration(entry["duration"], f"{path}: video {vid!r}"))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # Import
 
@@ -210,9 +231,11 @@ def check_output_file(out: Path, flag: str, overwrite: bool) -> None:
 def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str | None, stride: int | None,
                     window: int | None, durations: str | Path | None = None, key: str | None = None,
                     transpose: bool = False, strip_prefix: str | None = None,
-                    backbone: str | None = None, overwrite: bool = False) -> ImportSummary:
-    """Convert `src` (layout `fmt`) into the feature cache `out` (written atomically). An existing `out` is
-    refused unless `overwrite`; videos with zero features are left out (listed on stderr)."""
+                    backbone: str | None = None, video_info: str | Path | None = None,
+                    overwrite: bool = False) -> ImportSummary:
+    """Convert `src` (layout `fmt`) into the feature cache `out` (written atomically); with `video_info`
+    each video's fps and duration come from that file (`read_video_info`). An existing `out` is refused
+    unless `overwrite`; videos with zero features are left out (listed on stderr)."""
     from tal.features.cache import write_feature_cache
 
     src, out = Path(src), Path(out)
@@ -222,13 +245,18 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
     if fmt == "activitynet-c3d":
         key = key or "c3d_features"
         stride, window = stride or 8, window or 16
+    if video_info is not None and (fps is not None or durations is not None):
+        raise TalInputError("--video-info gives every video its fps and duration: drop --fps and --durations")
+    info = read_video_info(video_info) if video_info is not None else None
+    if info is not None:
+        fps = "video-info"
     if stride is None or window is None or fps is None:
         raise TalInputError("--fps, --stride and --window are required: they say how the features were made, "
                             "e.g. ActionFormer's THUMOS14 I3D: --fps 30 --stride 4 --window 16")
     if stride <= 0 or window <= 0:
         raise TalInputError(f"--stride and --window must be positive, got {stride} and {window}")
     per_video_fps = fps == FPS_FROM_DURATIONS
-    if not per_video_fps:
+    if info is None and not per_video_fps:
         try:
             fps = float(fps)  # type: ignore[arg-type]
         except ValueError:
@@ -238,7 +266,10 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
     if per_video_fps and durations is None:
         raise TalInputError("--fps durations needs --durations FILE")
     table = read_durations(durations) if durations is not None else None
-    if table is not None:
+    if info is not None:
+        table = {vid: duration for vid, (_, duration) in info.items()}
+        duration_source = f"from {Path(video_info).name}"  # type: ignore[arg-type]
+    elif table is not None:
         duration_source = f"from {Path(durations).name}"  # type: ignore[arg-type]
     else:
         duration_source = "computed as ((T-1)*stride + window) / fps"
@@ -261,7 +292,9 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
                 if duration is None:
                     missing.append(raw_id)
                     continue
-            if per_video_fps:
+            if info is not None:
+                video_fps = info.get(vid, info.get(raw_id, (0.0, 0.0)))[0]
+            elif per_video_fps:
                 if num == 0:
                     summary.skipped.append(f"{vid}: zero features, no rate can be derived")
                     continue
@@ -279,7 +312,8 @@ def import_features(fmt: str, src: str | Path, out: str | Path, fps: float | str
             yield vid, arr, {"fps": video_fps, "stride": stride, "window": window, "duration": duration}
         if missing:
             raise TalInputError(
-                f"{durations}: no duration for {len(missing)} videos (e.g. {', '.join(map(repr, missing[:3]))}); "
+                f"{video_info or durations}: no duration for {len(missing)} videos "
+                f"(e.g. {', '.join(map(repr, missing[:3]))}); "
                 f"fix the ids (e.g. --strip-prefix v_) or leave out --durations to compute them")
         if summary.num_videos == 0:
             raise TalInputError(f"{src}: no videos found")

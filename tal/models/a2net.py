@@ -16,6 +16,8 @@ every level:
   S <= d <= 2S (the first level takes [0, 2S], the last [S, inf)); there, every position whose centre
   lies inside it (ends included) is positive, the first such ground truth in annotation order
   winning. Cross-entropy over all valid positions, smooth L1 on the positives' distances.
+- both modules: a segment annotated with several labels trains each of them (`tal.models.targets`:
+  the positive's target is spread evenly over its labels; the official code trains the first only).
 Total loss = 1 * ab_cls + 10 * ab_overlap + 10 * ab_loc + 30 * af_cls + 1 * af_reg (the official
 THUMOS14 weights; `loss_weights` overrides). At inference an anchor scores softmax * sigmoid(overlap)
 and is dropped when its background probability is >= 0.98; a position scores its softmax; both sets
@@ -23,6 +25,11 @@ are merged and `tal.ops.nms.postprocess_detections` runs per-class NMS with the 
 (default: hard, tIoU 0.2, 200 detections, the official THUMOS14 setting). Before the merge the
 anchor-based scores are multiplied by `ab_score_weight` (the official code's TEST.CONCAT_AB: 1 in its
 THUMOS14 config, 0.4 in its ActivityNet ablation); it changes nothing when one module is off.
+The official ActivityNet code (Ablation-Comparison-Experiments/ActivityNetv1.3) is class-agnostic; its
+switches here: `ab_regression: false` (anchors are not refined, no ab_loc loss), `ab_score: overlap`
+(an anchor scores sigmoid(overlap) alone, no ab_cls loss), `af_convs: 4` (convs per anchor-free
+branch); with the task's `dataset.class_agnostic` the classifiers are 2-way and the labels come from a
+video-level classifier (`dataset.classification`).
 
 Units: segments are [start, end] in feature steps, feature i spanning [i, i + 1). Level l has stride
 2 ** (l + 1) feature steps and position j is centred at (j + 0.5) * stride. T is padded on the right to a
@@ -46,6 +53,7 @@ from torch import nn
 
 from tal.errors import TalInputError
 from tal.models.anchors import anchor_centres_widths, decode_segments, match_segments, mine_negatives
+from tal.models.targets import class_targets, label_distributions
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, model_section
 
@@ -54,8 +62,9 @@ THUMOS_RATIOS = (0.5, 0.75, 1.0, 1.5, 2.0)
 THUMOS_LOSS_WEIGHTS = {"ab_cls": 1.0, "ab_overlap": 10.0, "ab_loc": 10.0, "af_cls": 30.0, "af_reg": 1.0}
 THUMOS_NMS = {"method": "hard", "iou_threshold": 0.2, "max_detections": 200}
 NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "max_detections", "class_agnostic",
-            "voting_threshold"}  # tal.ops.nms.postprocess_detections
+            "voting_threshold", "voting_weight"}  # tal.ops.nms.postprocess_detections
 BASE_STRIDE = 2
+AB_SCORES = ("class_x_overlap", "overlap")
 
 
 def level_strides(num_levels: int) -> list[int]:
@@ -91,12 +100,14 @@ def pad_ground_truth(segments: list[torch.Tensor], labels: list[torch.Tensor],
 
 
 def assign_points(centres: torch.Tensor, point_level: torch.Tensor, ranges: torch.Tensor, gt_segments: torch.Tensor,
-                  gt_labels: torch.Tensor, gt_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Anchor-free targets: class (0 = background, else label + 1) and (to start, to end) distances.
+                  gt_labels: torch.Tensor, gt_valid: torch.Tensor,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Anchor-free targets: class (0 = background, else label + 1), (to start, to end) distances and the
+    ground truth each position was given.
 
     centres [P] and point_level [P] long describe the positions; ranges [L, 2] the duration range per
     level (`af_duration_ranges`); gt_segments [B, G, 2], gt_labels [B, G], gt_valid [B, G].
-    -> classes [B, P] long, distances [B, P, 2] in feature steps (0 on background).
+    -> classes [B, P] long, distances [B, P, 2] in feature steps (0 on background), index [B, P] long.
     """
     start, end = gt_segments[..., 0], gt_segments[..., 1]  # [B, G]
     duration = end - start  # [B, G]
@@ -106,14 +117,14 @@ def assign_points(centres: torch.Tensor, point_level: torch.Tensor, ranges: torc
     inside = (c >= start[:, None, :]) & (c <= end[:, None, :])  # [B, P, G]
     candidate = in_range & inside & gt_valid[:, None, :]  # [B, P, G]
     if candidate.shape[-1] == 0:
-        return (torch.zeros(candidate.shape[:2], dtype=torch.long, device=centres.device),
-                centres.new_zeros(*candidate.shape[:2], 2))
+        zeros = torch.zeros(candidate.shape[:2], dtype=torch.long, device=centres.device)
+        return zeros, centres.new_zeros(*candidate.shape[:2], 2), zeros
     first = candidate.int().argmax(dim=-1)  # [B, P], first candidate in annotation order
     assigned = candidate.any(dim=-1)  # [B, P]
     classes = torch.where(assigned, gt_labels.gather(1, first) + 1, torch.zeros_like(first))
     chosen = gt_segments.gather(1, first[..., None].expand(-1, -1, 2))  # [B, P, 2]
     distances = torch.stack([centres - chosen[..., 0], chosen[..., 1] - centres], dim=-1)  # [B, P, 2]
-    return classes, distances * assigned[..., None]
+    return classes, distances * assigned[..., None], first
 
 
 def _conv(in_dim: int, out_dim: int, kernel_size: int, stride: int = 1) -> nn.Conv1d:
@@ -176,11 +187,11 @@ class AnchorFreeHead(nn.Module):
     -> logits [B, P, num_classes + 1] and distances [B, P, 2] (scaled per level), P = sum of T_l.
     """
 
-    def __init__(self, level_dims: list[int], head_dim: int, num_classes: int):
+    def __init__(self, level_dims: list[int], head_dim: int, num_classes: int, num_convs: int = 2):
         super().__init__()
         self.reduce = nn.ModuleList(_conv(dim, head_dim, 1) for dim in level_dims)
-        self.cls_tower = nn.ModuleList([_conv(head_dim, head_dim, 3), _conv(head_dim, head_dim, 3)])
-        self.reg_tower = nn.ModuleList([_conv(head_dim, head_dim, 3), _conv(head_dim, head_dim, 3)])
+        self.cls_tower = nn.ModuleList(_conv(head_dim, head_dim, 3) for _ in range(num_convs))
+        self.reg_tower = nn.ModuleList(_conv(head_dim, head_dim, 3) for _ in range(num_convs))
         self.cls_out = _conv(head_dim, num_classes + 1, 3)
         self.reg_out = _conv(head_dim, 2, 3)
         self.scales = nn.Parameter(torch.ones(len(level_dims)))
@@ -207,7 +218,8 @@ class A2Net(nn.Module):
                  base_dim: int = 512, pyramid_dims: list[int] = THUMOS_PYRAMID_DIMS, head_dim: int = 512,
                  anchor_ratios: list[float] = THUMOS_RATIOS, box_scales: tuple[float, float] = (0.1, 0.1),
                  match_tiou: float = 0.5, negative_ratio: float = 1.0, loss_weights: dict | None = None,
-                 background_threshold: float = 0.98, nms: dict | None = None, ab_score_weight: float = 1.0):
+                 background_threshold: float = 0.98, nms: dict | None = None, ab_score_weight: float = 1.0,
+                 ab_regression: bool = True, ab_score: str = "class_x_overlap", af_convs: int = 2):
         super().__init__()
         if not (anchor_based or anchor_free):
             raise TalInputError("A2Net needs at least one module: set model.anchor_based or model.anchor_free "
@@ -219,6 +231,10 @@ class A2Net(nn.Module):
             raise TalInputError(f"model.ab_score_weight={ab_score_weight!r}: need a weight in (0, 1] for the "
                                 "anchor-based scores merged with the anchor-free ones")
         self.background_threshold, self.ab_score_weight = background_threshold, float(ab_score_weight)
+        if ab_score not in AB_SCORES or af_convs < 1:
+            raise TalInputError(f"model.ab_score must be one of {', '.join(AB_SCORES)} and model.af_convs >= 1, "
+                                f"got {ab_score!r} and {af_convs}")
+        self.ab_regression, self.ab_score = bool(ab_regression), ab_score
         self.loss_weights = {**THUMOS_LOSS_WEIGHTS, **(loss_weights or {})}
         self.nms = {**THUMOS_NMS, **(nms or {})}
         self.strides = level_strides(len(pyramid_dims))
@@ -229,7 +245,7 @@ class A2Net(nn.Module):
         if anchor_based:
             self.ab_head = AnchorBasedHead(list(pyramid_dims), len(self.anchor_ratios), num_classes)
         if anchor_free:
-            self.af_head = AnchorFreeHead(list(pyramid_dims), head_dim, num_classes)
+            self.af_head = AnchorFreeHead(list(pyramid_dims), head_dim, num_classes, af_convs)
         for module in self.modules():
             if isinstance(module, nn.Conv1d):
                 nn.init.kaiming_uniform_(module.weight)
@@ -259,8 +275,9 @@ class A2Net(nn.Module):
             raw = self.ab_head([f for f, _ in levels])  # [B, A, C+4]
             centre, width, _ = anchor_centres_widths(lengths, self.strides, self.anchor_ratios, x.device)
             anchors = torch.stack([centre - width / 2, centre + width / 2], dim=-1)  # [A, 2]
-            out.update(ab_logits=raw[..., : self.num_classes + 1], ab_overlap=raw[..., -3], ab_offsets=raw[..., -2:],
-                       anchors=anchors, ab_segments=decode_segments(raw[..., -2:], anchors, self.box_scales),
+            offsets = raw[..., -2:] if self.ab_regression else torch.zeros_like(raw[..., -2:])
+            out.update(ab_logits=raw[..., : self.num_classes + 1], ab_overlap=raw[..., -3], ab_offsets=offsets,
+                       anchors=anchors, ab_segments=decode_segments(offsets, anchors, self.box_scales),
                        ab_valid=level_masks.repeat_interleave(len(self.anchor_ratios), dim=1))
         if self.anchor_free:
             logits, distances = self.af_head(levels)  # [B, P, C+1], [B, P, 2]
@@ -290,22 +307,30 @@ class A2Net(nn.Module):
         positive, hard, easy = mine_negatives(best, out["ab_overlap"].detach(), out["ab_valid"], self.match_tiou,
                                               self.negative_ratio)
         selected = positive | hard | easy  # [B, A]
-        classes = torch.where(positive, gt_labels.gather(1, index) + 1, torch.zeros_like(index))  # [B, A]
-        cls = _mean_or_zero(F.cross_entropy(out["ab_logits"][selected], classes[selected], reduction="none"),
+        targets = class_targets(label_distributions(gt_segments, gt_labels, gt_valid, self.num_classes), index,
+                                positive)  # [B, A, C+1]
+        cls = _mean_or_zero(F.cross_entropy(out["ab_logits"][selected], targets[selected], reduction="none"),
                             out["ab_logits"])
         overlap = _mean_or_zero(F.smooth_l1_loss(out["ab_overlap"][selected], best[selected], reduction="none"),
                                 out["ab_overlap"])
         matched = gt_segments.gather(1, index[..., None].expand(-1, -1, 2))  # [B, A, 2]
         error = (segments[positive] - matched[positive]) / window_steps  # [num_pos, 2]
         loc = _mean_or_zero(F.smooth_l1_loss(error, torch.zeros_like(error), reduction="none"), segments) * 2
-        return {"ab_cls": cls, "ab_overlap": overlap, "ab_loc": loc}
+        parts = {"ab_cls": cls, "ab_overlap": overlap, "ab_loc": loc}
+        if not self.ab_regression:
+            del parts["ab_loc"]
+        if self.ab_score == "overlap":
+            del parts["ab_cls"]
+        return parts
 
     def _anchor_free_loss(self, out: dict, gt_segments: torch.Tensor, gt_labels: torch.Tensor,
                           gt_valid: torch.Tensor) -> dict[str, torch.Tensor]:
-        classes, distances = assign_points(out["points"], out["point_level"], self.af_ranges, gt_segments, gt_labels,
-                                           gt_valid)  # [B, P], [B, P, 2]
+        classes, distances, index = assign_points(out["points"], out["point_level"], self.af_ranges, gt_segments,
+                                                  gt_labels, gt_valid)  # [B, P], [B, P, 2], [B, P]
         valid = out["af_valid"]  # [B, P]
-        cls = _mean_or_zero(F.cross_entropy(out["af_logits"][valid], classes[valid], reduction="none"),
+        soft = class_targets(label_distributions(gt_segments, gt_labels, gt_valid, self.num_classes), index,
+                             classes > 0)  # [B, P, C+1]
+        cls = _mean_or_zero(F.cross_entropy(out["af_logits"][valid], soft[valid], reduction="none"),
                             out["af_logits"])
         positive = valid & (classes > 0)
         targets = distances[positive] / self.strides[0]  # [num_pos, 2], level-0 steps
@@ -321,11 +346,17 @@ class A2Net(nn.Module):
         segments, scores, labels, keep = [], [], [], []
         if self.anchor_based:
             probs = out["ab_logits"].softmax(dim=-1)  # [B, A, C+1]
-            score, label = (probs[..., 1:] * torch.sigmoid(out["ab_overlap"])[..., None]).max(dim=-1)  # [B, A]
+            overlap = torch.sigmoid(out["ab_overlap"])  # [B, A]
+            if self.ab_score == "overlap":  # the official ActivityNet code: the overlap score alone
+                score, label = overlap, torch.zeros_like(overlap, dtype=torch.long)
+                kept = out["ab_valid"]
+            else:
+                score, label = (probs[..., 1:] * overlap[..., None]).max(dim=-1)  # [B, A]
+                kept = out["ab_valid"] & (probs[..., 0] < self.background_threshold)
             segments.append(out["ab_segments"])
             scores.append(score * (self.ab_score_weight if self.anchor_free else 1.0))
             labels.append(label)
-            keep.append(out["ab_valid"] & (probs[..., 0] < self.background_threshold))
+            keep.append(kept)
         if self.anchor_free:
             score, label = out["af_logits"].softmax(dim=-1)[..., 1:].max(dim=-1)  # [B, P]
             segments.append(out["af_segments"])
@@ -347,7 +378,7 @@ def _mean_or_zero(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 MODEL_KEYS = {"input_dim", "num_classes", "anchor_based", "anchor_free", "base_dim", "pyramid_dims", "head_dim",
               "anchor_ratios", "box_scales", "match_tiou", "negative_ratio", "loss_weights", "background_threshold",
-              "nms", "ab_score_weight"}
+              "nms", "ab_score_weight", "ab_regression", "ab_score", "af_convs"}
 
 
 @MODELS.register("a2net")

@@ -40,17 +40,20 @@ Losses (one vectorized function each, batch-level counts as BMN):
   unit interval centred on the step's start (end) time, lies in a ground truth's start (end) region
   of width max(min_boundary_steps, boundary_ratio * length); `balanced_bce` gives the positives and
   the negatives half of the loss each (BSN/BMN's ratio weighting). Averaged over the two directions.
-- map_reg: squared error of sigmoid(regression) to the IoU on cells chosen by `iou_balanced_sample`
-  (high IoU > 0.7 all, medium and low as many as high, at random); the high ones re-sampled by
-  duration with `scale_balanced_weights` (the paper's scale-balanced re-sampling, SBR).
+- map_reg: half the squared error (BMN's 0.5 factor) of sigmoid(regression) to the IoU on cells chosen
+  by `iou_balanced_sample` (high IoU > 0.7 all, medium and low as many as high, at random); the high
+  ones re-sampled by duration with `scale_balanced_weights` (the paper's scale-balanced re-sampling).
 - map_cls: `balanced_bce` with positives IoU > cls_iou (0.9) re-sampled by SBR, all other valid cells
   negative.
 Total = boundary + 10 * map_reg + map_cls (+ 0 * consistency); `loss_weights` overrides.
 
 Inference: fused start / end probabilities; candidate starts and ends are local maxima or values
 above peak_ratio (0.5) times the video's maximum (`boundary_candidates`, BSN/BMN's rule); every valid
-cell whose start and end are candidates scores p_start(s) * p_end(e) * sqrt(reg * cls); then soft-NMS
-(`tal.ops.nms.postprocess_detections`, gaussian, sigma 0.4) keeps the best `max_proposals` (100).
+cell whose start and end are candidates (the first valid start and the last valid end always are,
+`force_boundary_ends`, as BMN) scores p_start(s) * p_end(e) * reg * cls (BMN's product;
+`score_fusion: sqrt` takes sqrt(reg * cls)); then BMN's soft-NMS (`tal.ops.nms`, "soft-adaptive":
+gaussian decay, alpha 0.4, only above tIoU 0.5 + 0.4 * the pick's width / num_steps) keeps the best
+`max_proposals` (100).
 
 Units: segments are [start, end] in feature steps, feature i spanning [i, i + 1). Boundary index t:
 the start probability is about time t (the start of feature t), the end probability about time t + 1
@@ -88,8 +91,11 @@ from tal.ops.segments import tiou
 from tal.registry import MODELS, model_section
 
 LOSS_WEIGHTS = {"boundary": 1.0, "map_reg": 10.0, "map_cls": 1.0, "consistency": 0.0}
-DEFAULT_NMS = {"method": "soft-gaussian", "sigma": 0.4}
-NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "voting_threshold"}
+# BMN's soft-NMS (post_processing.py soft_nms(df, alpha=0.4, t1=0.5, t2=0.9)); width_scale defaults to num_steps
+DEFAULT_NMS = {"method": "soft-adaptive", "sigma": 0.4, "iou_threshold": 0.5, "high_threshold": 0.9}
+NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "voting_threshold",
+            "voting_weight", "high_threshold", "width_scale"}
+SCORE_FUSIONS = ("product", "sqrt")
 SAMPLING_CHUNK = 256  # cells whose sampling weights are computed at once when the matrix is built
 
 
@@ -236,12 +242,13 @@ def iou_balanced_sample(iou: torch.Tensor, valid: torch.Tensor, low_iou: float =
 
     Over the valid cells of the whole batch: every cell with IoU > high_iou is taken; of the cells with
     low_iou < IoU <= high_iou, and of those with IoU <= low_iou, as many as there are high ones (all
-    of them if fewer), uniformly at random.
+    of them if fewer), uniformly at random. Cells that overlap nothing (IoU 0) are never sampled (BMN's
+    pem_reg_loss: u_lmask = (gt <= 0.3) & (gt > 0)).
     """
     high = valid & (iou > high_iou)
     count = int(high.sum())
     medium = random_subset(valid & (iou > low_iou) & (iou <= high_iou), count, generator)
-    low = random_subset(valid & (iou <= low_iou), count, generator)
+    low = random_subset(valid & (iou > 0) & (iou <= low_iou), count, generator)  # BMN: 0 < IoU <= 0.3
     return high, medium, low
 
 
@@ -278,16 +285,24 @@ def scale_balanced_weights(positive: torch.Tensor, row_bin: torch.Tensor,
     return weights.view(positive.shape)
 
 
-def boundary_candidates(prob: torch.Tensor, valid: torch.Tensor, peak_ratio: float) -> torch.Tensor:
+def boundary_candidates(prob: torch.Tensor, valid: torch.Tensor, peak_ratio: float,
+                        force: str | None = None) -> torch.Tensor:
     """BSN/BMN's candidate boundaries: local maxima or above peak_ratio * the video's maximum.
 
     prob, valid [B, T] -> [B, T] bool. A step is a local maximum when it is strictly above both
-    neighbours (beyond the ends, and past a video's valid steps, counts as -inf).
+    neighbours (beyond the ends, and past a video's valid steps, counts as -inf). force "first" /
+    "last" also makes the first / last valid step a candidate (BMN's post_processing: start_bins[0] = 1
+    and end_bins[-1] = 1).
     """
     padded = F.pad(prob.masked_fill(~valid, -math.inf), (1, 1), value=-math.inf)  # [B, T + 2]
     peak = (padded[:, 1:-1] > padded[:, :-2]) & (padded[:, 1:-1] > padded[:, 2:])
     top = prob.masked_fill(~valid, -math.inf).amax(dim=1, keepdim=True)  # [B, 1]
-    return valid & (peak | (prob > peak_ratio * top))
+    out = valid & (peak | (prob > peak_ratio * top))
+    if force is not None:
+        steps = torch.arange(prob.shape[1], device=prob.device)
+        edge = 0 if force == "first" else valid.sum(dim=1, keepdim=True) - 1  # [B, 1] or 0
+        out |= valid & (steps[None] == edge)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -410,7 +425,8 @@ class BSNPP(nn.Module):
                  context_ratio: float = 0.5, attention_pool: int = 4, boundary_ratio: float = 0.1,
                  min_boundary_steps: float = 1.0, iou_bins: tuple[float, float] = (0.3, 0.7), cls_iou: float = 0.9,
                  scale_bins: int = 4, loss_weights: dict | None = None, peak_ratio: float = 0.5,
-                 nms: dict | None = None, max_proposals: int = 100):
+                 nms: dict | None = None, max_proposals: int = 100, score_fusion: str = "product",
+                 force_boundary_ends: bool = True):
         super().__init__()
         max_duration = num_steps if max_duration is None else max_duration
         _check_values(num_steps, max_duration, cbg_depth, num_samples, attention_pool, iou_bins, cls_iou, scale_bins,
@@ -428,7 +444,10 @@ class BSNPP(nn.Module):
         self.iou_bins, self.cls_iou, self.scale_bins = tuple(iou_bins), cls_iou, scale_bins
         self.loss_weights = {**LOSS_WEIGHTS, **(loss_weights or {})}
         self.peak_ratio, self.max_proposals = peak_ratio, max_proposals
-        self.nms = {**DEFAULT_NMS, **(nms or {})}
+        self.nms = {**DEFAULT_NMS, "width_scale": float(num_steps), **(nms or {})}
+        if score_fusion not in SCORE_FUSIONS:
+            raise TalInputError(f"model.score_fusion must be one of {', '.join(SCORE_FUSIONS)}, got {score_fusion!r}")
+        self.score_fusion, self.force_boundary_ends = score_fusion, bool(force_boundary_ends)
 
         segments, valid = proposal_map(num_steps, max_duration)
         self.register_buffer("cell_segments", segments, persistent=False)  # [D, T, 2]
@@ -525,7 +544,7 @@ class BSNPP(nn.Module):
         high, medium, low = iou_balanced_sample(iou, valid, *self.iou_bins)
         weight = scale_balanced_weights(high, self.row_bin) + medium.float() + low.float()  # [B, D, T]
         reg = out["map"][:, 0].sigmoid()
-        map_reg = (weight * (reg - iou) ** 2).sum() / weight.sum().clamp(min=1e-12)
+        map_reg = 0.5 * (weight * (reg - iou) ** 2).sum() / weight.sum().clamp(min=1e-12)  # BMN's pem_reg_loss
         positive = valid & (iou > self.cls_iou)
         map_cls = balanced_bce(out["map"][:, 1], scale_balanced_weights(positive, self.row_bin),
                                (valid & ~positive).float())
@@ -540,10 +559,14 @@ class BSNPP(nn.Module):
         out = self.outputs(batch["features"], batch["mask"])
         start, end = out["boundary"][:, 0], out["boundary"][:, 1]  # [B, T]
         steps_valid = torch.arange(self.num_steps, device=start.device) < out["num_valid"][:, None]  # [B, T]
-        is_start = boundary_candidates(start, steps_valid, self.peak_ratio)
-        is_end = boundary_candidates(end, steps_valid, self.peak_ratio)
+        force = self.force_boundary_ends
+        is_start = boundary_candidates(start, steps_valid, self.peak_ratio, "first" if force else None)
+        is_end = boundary_candidates(end, steps_valid, self.peak_ratio, "last" if force else None)
         confidence = out["map"].sigmoid()  # [B, 2, D, T]
-        scores = start[:, None, :] * end[:, self.end_index] * (confidence[:, 0] * confidence[:, 1]).sqrt()
+        fused = confidence[:, 0] * confidence[:, 1]  # [B, D, T]
+        if self.score_fusion == "sqrt":
+            fused = fused.sqrt()
+        scores = start[:, None, :] * end[:, self.end_index] * fused
         keep = out["cell_valid"] & is_start[:, None, :] & is_end[:, self.end_index]  # [B, D, T]
         return [postprocess_detections(self.cell_segments[keep[b]], scores[b][keep[b]], None, **self.nms,
                                        max_detections=self.max_proposals)
@@ -577,7 +600,8 @@ def _check_values(num_steps: int, max_duration: int, cbg_depth: int, num_samples
 
 MODEL_KEYS = {"input_dim", "num_steps", "max_duration", "base_dim", "cbg_dim", "cbg_depth", "map_dim", "num_samples",
               "context_ratio", "attention_pool", "boundary_ratio", "min_boundary_steps", "iou_bins", "cls_iou",
-              "scale_bins", "loss_weights", "peak_ratio", "nms", "max_proposals"}
+              "scale_bins", "loss_weights", "peak_ratio", "nms", "max_proposals",
+              "score_fusion", "force_boundary_ends"}
 
 
 @MODELS.register("bsnpp")

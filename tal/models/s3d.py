@@ -54,6 +54,7 @@ from tal.errors import TalInputError
 from tal.models.a2net import NMS_KEYS, _conv, pad_ground_truth
 from tal.models.anchors import (anchor_segments, decode_segments, encode_segments, match_with_best_spans,
                                 mine_hard_negatives)
+from tal.models.targets import class_targets, label_distributions
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, model_section
 
@@ -140,9 +141,10 @@ class S3D(nn.Module):
         negative = mine_hard_negatives(-log_probs[..., 0].detach(), out["valid"] & ~positive, num_positive,
                                        self.negative_ratio)  # [B, A]
         selected = positive | negative
-        classes = torch.where(positive, gt_labels.gather(1, index) + 1, torch.zeros_like(index))  # [B, A]
+        targets = class_targets(label_distributions(gt_segments, gt_labels, gt_valid, self.num_classes), index,
+                                positive)  # [B, A, C+1]
         normaliser = num_positive.sum().clamp(min=1)
-        cls = F.nll_loss(log_probs[selected], classes[selected], reduction="sum") / normaliser
+        cls = -(targets[selected] * log_probs[selected]).sum() / normaliser
         matched = gt_segments.gather(1, index[..., None].expand(-1, -1, 2))  # [B, A, 2]
         anchors = out["anchors"].expand_as(matched)  # [B, A, 2]
         targets = encode_segments(matched[positive], anchors[positive], self.box_scales)  # [P, 2]

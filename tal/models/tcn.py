@@ -21,7 +21,9 @@ classified.
 - Labels (per centre, as the official sampler): a centre whose best proposal has tIoU > 0.7 with a
   ground truth is positive: its best scale is a positive, its other scales are "scale negatives";
   a centre whose proposals all have tIoU < 0.3 gives hard negatives at every scale; other centres are
-  ignored. Per video, up to 32 of each kind are drawn at random.
+  ignored. Per video, up to 32 of each kind are drawn at random for the ranker; the classifier draws
+  its own (`cls_samples_per_video`, default 32 positives and 1 of each negative kind: the official
+  960 : 32 : 32 per batch of 1024, so 94% of its targets are actions).
 - Classifier (the paper's single-window variant of the ranker): the same conv + pool on the proposal's
   samples alone, two fully connected layers (`cls_hidden_dim`, then num_classes + 1), softmax over
   classes with 0 = background. Its target on every sampled proposal is the class of the ground truth
@@ -32,18 +34,21 @@ classified.
   differs from the official two separate trainings in sharing one optimiser and one set of samples.
 - Inference: every proposal is ranked; class-agnostic NMS (`proposal_nms`, official: tIoU 0.45, 20
   kept); the kept ones are classified; each gets its `classes_per_proposal` best foreground classes
-  with score = ranking score x class probability, and is dropped when background is its most likely
-  class (`drop_background`); per-class NMS (`nms`) gives the detections.
+  and is dropped when background is its most likely class (`drop_background`); it scores its ranking
+  score (`detection_score: rank`, the official evaluate.py) or ranking x class probability
+  (`rank_x_class`); per-class NMS (`nms`, official: tIoU 1, i.e. none, and 20 kept) gives the
+  detections. With video-level class scores in the
+  batch ("video_scores" [B, C], from `dataset.classification`) they are added to the classifier's
+  probabilities before the argmax, as the official classify_proposal adds its video-level priors.
 
 Deviations from the official code (github.com/vdavid70619/TCN), on purpose: features are interpolated
 at fixed points (official: nearest of the features inside the window, zero rows for the outside part);
 the last centre whose smallest proposal ends exactly at the video end is kept (official `np.arange`
 drops it); NMS uses tal's tIoU (official adds 1 to lengths); the classifier is the paper's temporal
 conv net over the proposal (official: bilinear pooling F^T F of all features inside, plus video-level
-class scores from separate classifiers, not done here); a detection scores ranking x class
-probability (official: ranking score alone); sample counts are per video only (official also caps
-per batch of 1024: 512 positives and 256 of each negative kind for the ranker, 32 of each negative
-kind for the classifier).
+class scores from separate classifiers, here `dataset.classification`); sample counts are per video
+(official: per batch of 1024, 512 positives and 256 of each negative kind for the ranker, 960
+positives and 32 of each negative kind for the classifier; tal keeps the classifier's ratio per video).
 
 Units: segments are [start, end] in feature steps, feature i spanning [i, i + 1).
 
@@ -66,6 +71,7 @@ from tal.errors import TalInputError
 from tal.models.a2net import pad_ground_truth
 from tal.models.anchors import match_segments
 from tal.models.layers import sample_segment_features
+from tal.models.targets import class_targets, label_distributions
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, model_section
 
@@ -73,12 +79,16 @@ OFFICIAL_CLASS_TIOU = (0.4, 0.45, 0.5, 0.55, 0.6, 0.7)
 IGNORED, POSITIVE, SCALE_NEGATIVE, HARD_NEGATIVE = 0, 1, 2, 3
 KIND_NAMES = {"positive": POSITIVE, "scale_negative": SCALE_NEGATIVE, "hard_negative": HARD_NEGATIVE}
 OFFICIAL_SAMPLES_PER_VIDEO = {"positive": 32, "scale_negative": 32, "hard_negative": 32}
+# The classifier's draw: the official train_proposal_class2.py (load_data) fills a batch of 1024 with 32 scale
+# negatives, 32 hard negatives and 960 positives (at most 32 a video): 94% positives; per video that is 32 : 1 : 1.
+OFFICIAL_CLS_SAMPLES_PER_VIDEO = {"positive": 32, "scale_negative": 1, "hard_negative": 1}
+DETECTION_SCORES = ("rank", "rank_x_class")
 LOSS_WEIGHTS = {"rank": 1.0, "cls": 1.0}
 OFFICIAL_PROPOSAL_NMS = {"method": "hard", "iou_threshold": 0.45, "max_detections": 20}
-OFFICIAL_NMS = {"method": "hard", "iou_threshold": 0.45, "max_detections": 20}
+OFFICIAL_NMS = {"method": "hard", "iou_threshold": 1.0, "max_detections": 20}  # evaluate.py: nms_thor=1, topK=20
 RANK_CHUNK = 2048  # proposals ranked at once at inference (their samples take 2 * 12 * D floats each)
 NMS_KEYS = {"method", "iou_threshold", "sigma", "score_threshold", "pre_nms_top_k", "max_detections", "class_agnostic",
-            "voting_threshold"}  # tal.ops.nms.postprocess_detections
+            "voting_threshold", "voting_weight"}  # tal.ops.nms.postprocess_detections
 
 
 def proposal_centres(num_steps: int, base_length: float, centre_stride: float) -> torch.Tensor:
@@ -112,7 +122,7 @@ def tcn_proposals(num_valid: torch.Tensor, num_steps: int, base_length: float, n
 
 def assign_proposals(proposals: torch.Tensor, valid: torch.Tensor, gt_segments: torch.Tensor, gt_labels: torch.Tensor,
                      gt_valid: torch.Tensor, pos_tiou: float, neg_tiou: float,
-                     class_tiou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     class_tiou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Kind and class target of every proposal (the official TCN sampler's rules).
 
     proposals [B, J, K, 2], valid [B, J]; gt_segments [B, G, 2], gt_labels [B, G], gt_valid [B, G];
@@ -121,7 +131,7 @@ def assign_proposals(proposals: torch.Tensor, valid: torch.Tensor, gt_segments: 
     whose best tIoU is < neg_tiou makes all its scales HARD_NEGATIVE; the rest are IGNORED.
     Class target: 1 + the label of the ground truth a proposal overlaps most when that tIoU >=
     class_tiou[scale], else 0 (background); always 0 for hard negatives.
-    -> kind [B, J, K] long, classes [B, J, K] long.
+    -> kind [B, J, K] long, classes [B, J, K] long, index [B, J, K] long (the ground truth overlapped most).
     """
     batch, num_centres, num_scales, _ = proposals.shape
     best, index, _ = match_segments(proposals.reshape(batch, -1, 2), gt_segments, gt_valid, pos_tiou)  # [B, P] x2
@@ -137,7 +147,7 @@ def assign_proposals(proposals: torch.Tensor, valid: torch.Tensor, gt_segments: 
     label = (gt_labels.gather(1, index) + 1).view(batch, num_centres, num_scales)  # [B, J, K]
     classes = torch.where(best >= class_tiou.to(best.device), label, torch.zeros_like(label))
     classes[kind == HARD_NEGATIVE] = 0
-    return kind, classes
+    return kind, classes, index.view(batch, num_centres, num_scales)
 
 
 def sample_proposals(kind: torch.Tensor, counts: dict[int, int],
@@ -196,14 +206,20 @@ class TCN(nn.Module):
                  conv_channels: int = 1, conv_kernel: int = 5, pool_kernel: int = 3, rank_hidden_dim: int = 500,
                  cls_hidden_dim: int = 2000, pos_tiou: float = 0.7, neg_tiou: float = 0.3,
                  class_tiou: float | list[float] | None = None, samples_per_video: dict | None = None,
-                 loss_weights: dict | None = None, proposal_nms: dict | None = None, nms: dict | None = None,
-                 classes_per_proposal: int = 1, drop_background: bool = True):
+                 cls_samples_per_video: dict | None = None, loss_weights: dict | None = None,
+                 proposal_nms: dict | None = None, nms: dict | None = None, classes_per_proposal: int = 1,
+                 drop_background: bool = True, detection_score: str = "rank"):
         super().__init__()
         self.num_classes, self.num_scales, self.num_samples = num_classes, num_scales, num_samples
         self.base_length, self.context_ratio = float(base_length), float(context_ratio)
         self.centre_stride = float(centre_stride) if centre_stride is not None else self.base_length / 2
         self.pos_tiou, self.neg_tiou = pos_tiou, neg_tiou
         self.samples_per_video = {**OFFICIAL_SAMPLES_PER_VIDEO, **(samples_per_video or {})}
+        self.cls_samples_per_video = {**OFFICIAL_CLS_SAMPLES_PER_VIDEO, **(cls_samples_per_video or {})}
+        if detection_score not in DETECTION_SCORES:
+            raise TalInputError(f"model.detection_score must be one of {', '.join(DETECTION_SCORES)}, "
+                                f"got {detection_score!r}")
+        self.detection_score = detection_score
         self.loss_weights = {**LOSS_WEIGHTS, **(loss_weights or {})}
         self.proposal_nms = {**OFFICIAL_PROPOSAL_NMS, **(proposal_nms or {})}
         self.nms = {**OFFICIAL_NMS, **(nms or {})}
@@ -237,6 +253,7 @@ class TCN(nn.Module):
             raise TalInputError(f"model.classes_per_proposal must be in [1, {num_classes}], "
                                 f"got {self.classes_per_proposal}")
         for name, table, known in (("samples_per_video", self.samples_per_video, OFFICIAL_SAMPLES_PER_VIDEO),
+                                   ("cls_samples_per_video", self.cls_samples_per_video, OFFICIAL_SAMPLES_PER_VIDEO),
                                    ("loss_weights", self.loss_weights, LOSS_WEIGHTS),
                                    ("proposal_nms", self.proposal_nms, NMS_KEYS), ("nms", self.nms, NMS_KEYS)):
             unknown = set(table) - set(known)
@@ -266,17 +283,22 @@ class TCN(nn.Module):
         num_valid = mask.sum(dim=1)  # [B]
         proposals, contexts, valid = self.proposals(num_valid, features.shape[1])  # [B, J, K, 2] x2, [B, J]
         gt_segments, gt_labels, gt_valid = pad_ground_truth(batch["segments"], batch["labels"], features.device)
-        kind, classes = assign_proposals(proposals, valid, gt_segments, gt_labels, gt_valid,
-                                         self.pos_tiou, self.neg_tiou, self.class_tiou)  # [B, J, K] x2
+        kind, classes, matched = assign_proposals(proposals, valid, gt_segments, gt_labels, gt_valid,
+                                                  self.pos_tiou, self.neg_tiou, self.class_tiou)  # [B, J, K] x3
         kind, classes = kind.flatten(1), classes.flatten(1)  # [B, P], P = J * K, centre-major
+        soft = class_targets(label_distributions(gt_segments, gt_labels, gt_valid, self.num_classes),
+                             matched.flatten(1), classes > 0)  # [B, P, C+1]
         proposals, contexts = proposals.flatten(1, 2), contexts.flatten(1, 2)  # [B, P, 2]
         counts = {KIND_NAMES[name]: count for name, count in self.samples_per_video.items()}
         video, index = sample_proposals(kind, counts).nonzero(as_tuple=True)  # [N] x2
         proposal_samples = self._samples(features, num_valid, video, proposals[video, index])  # [N, S, D]
         context_samples = self._samples(features, num_valid, video, contexts[video, index])  # [N, S, D]
         rank_target = (kind[video, index] == POSITIVE).long()  # [N]
+        cls_counts = {KIND_NAMES[name]: count for name, count in self.cls_samples_per_video.items()}
+        cls_video, cls_index = sample_proposals(kind, cls_counts).nonzero(as_tuple=True)  # [M] x2
+        cls_samples = self._samples(features, num_valid, cls_video, proposals[cls_video, cls_index])  # [M, S, D]
         parts = {"rank": _cross_entropy(self.rank_logits(proposal_samples, context_samples), rank_target),
-                 "cls": _cross_entropy(self.class_logits(proposal_samples), classes[video, index])}
+                 "cls": _cross_entropy(self.class_logits(cls_samples), soft[cls_video, cls_index])}
         total = sum(self.loss_weights[name] * value for name, value in parts.items())
         return {"loss": total, **{f"loss_{name}": value.detach() for name, value in parts.items()}}
 
@@ -311,8 +333,13 @@ class TCN(nn.Module):
         segments = torch.cat([s for s, _ in kept])  # [M, 2]
         rank_scores = torch.cat([r for _, r in kept])  # [M]
         probs = self.class_logits(self._samples(features, num_valid, video, segments)).softmax(-1)  # [M, C+1]
+        if batch.get("video_scores") is not None:  # official classify_proposal: prob + video-level priors
+            probs = probs + F.pad(batch["video_scores"].to(probs.dtype), (1, 0))[video]  # [M, C+1]
         class_probs, labels = probs[:, 1:].topk(self.classes_per_proposal, dim=-1)  # [M, k]
-        scores = rank_scores[:, None] * class_probs  # [M, k]
+        if self.detection_score == "rank":
+            scores = rank_scores[:, None].expand_as(class_probs)  # [M, k], official: the ranking score
+        else:
+            scores = rank_scores[:, None] * class_probs  # [M, k]
         keep = probs.argmax(dim=-1) > 0 if self.drop_background else torch.ones_like(video, dtype=torch.bool)  # [M]
         outputs = []
         for b in range(features.shape[0]):
@@ -345,7 +372,7 @@ def _cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 MODEL_KEYS = {"input_dim", "num_classes", "base_length", "num_scales", "centre_stride", "context_ratio",
               "num_samples", "conv_channels", "conv_kernel", "pool_kernel", "rank_hidden_dim", "cls_hidden_dim",
               "pos_tiou", "neg_tiou", "class_tiou", "samples_per_video", "loss_weights", "proposal_nms", "nms",
-              "classes_per_proposal", "drop_background"}
+              "classes_per_proposal", "drop_background", "cls_samples_per_video", "detection_score"}
 
 
 @MODELS.register("tcn")

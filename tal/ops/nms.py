@@ -38,8 +38,14 @@ from torch import Tensor
 
 from tal.ops.segments import tiou
 
-METHODS = ("hard", "soft-linear", "soft-gaussian", "none")
-SOFT_METHODS = ("linear", "gaussian")
+METHODS = ("hard", "soft-linear", "soft-gaussian", "soft-adaptive", "none")
+# "adaptive" is BMN's soft-NMS (JJBOY/BMN-Boundary-Matching-Network post_processing.py `soft_nms`, mmaction2's
+# `soft_nms` with alpha 0.4, low 0.5, high 0.9): gaussian decay exp(-tIoU^2 / sigma) only where the tIoU
+# with the pick is above low + (high - low) * the pick's width / width_scale (widths normalised to the video).
+SOFT_METHODS = ("linear", "gaussian", "adaptive")
+# Score-voting weights: "score-tiou" is ActionFormer's libs/utils/nms.py `seg_voting` since its commit
+# 33a5187 (2022-06, the released code); "score" is that function before it (score-weighted box voting).
+VOTING_WEIGHTS = ("score-tiou", "score")
 DEFAULT_BLOCK_SIZE = 1024  # candidates in the first block of hard NMS; each next block is twice as big
 PAIR_BUDGET = 1_000_000  # most overlapping pairs hard NMS decides at once (about 100 bytes each at peak)
 
@@ -69,45 +75,54 @@ def batched_nms(segments: Tensor, scores: Tensor, labels: Tensor | None, iou_thr
 
 def soft_nms(segments: Tensor, scores: Tensor, labels: Tensor | None = None, method: str = "gaussian",
              iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
-             max_detections: int | None = None) -> tuple[Tensor, Tensor]:
-    """Soft NMS ("linear" or "gaussian"), per class when labels [N] are given.
+             max_detections: int | None = None, high_threshold: float = 0.9,
+             width_scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """Soft NMS ("linear", "gaussian" or BMN's "adaptive"), per class when labels [N] are given.
 
     Returns the kept indices [K] and their decayed scores [K], highest first (the kept segments are
     segments[keep]). Linear decay multiplies by 1 - tIoU when tIoU > iou_threshold; gaussian by
-    exp(-tIoU^2 / sigma). Without a score_threshold every segment is kept, with a decayed score.
+    exp(-tIoU^2 / sigma); adaptive by exp(-tIoU^2 / sigma) when tIoU > iou_threshold + (high_threshold
+    - iou_threshold) * pick width / width_scale. Without a score_threshold every segment is kept.
     """
     segments, scores, groups = _validate(segments, scores, labels, "soft_nms")
-    _check_soft(method, iou_threshold, sigma)
+    _check_soft(method, iou_threshold, sigma, high_threshold, width_scale)
     _check_count(max_detections, "max_detections")
     order = _prefilter(scores, score_threshold, None)
-    return _soft_nms(segments, scores, groups, order, method, iou_threshold, sigma, score_threshold, max_detections)
+    return _soft_nms(segments, scores, groups, order, method, iou_threshold, sigma, score_threshold, max_detections,
+                     (high_threshold, width_scale))
 
 
 def score_voting(segments: Tensor, scores: Tensor, labels: Tensor | None, keep: Tensor,
-                 voting_threshold: float) -> Tensor:
+                 voting_threshold: float, voting_weight: str = "score-tiou") -> Tensor:
     """Refined boundaries [K, 2] for the kept segments segments[keep] (ActionFormer's `seg_voting`).
 
-    Each kept segment becomes the score-weighted mean of every segment (itself included) of its label
-    whose tIoU with it is >= voting_threshold; the weights are the input scores, before any decay.
-    Labels None: all segments vote. A segment nothing votes for (zero length) keeps its boundaries.
+    Each kept segment becomes the weighted mean of every segment (itself included) of its label whose
+    tIoU with it is >= voting_threshold. `voting_weight` "score-tiou" weights a voter by its input
+    score (before any decay) times its tIoU with the kept segment, as ActionFormer's released code;
+    "score" by the score alone, as ActionFormer's first release. Labels None: all segments vote. A
+    segment nothing votes for (zero length) keeps its boundaries.
     """
     segments, scores, groups = _validate(segments, scores, labels, "score_voting")
-    _check_voting(voting_threshold, scores)
-    return _vote(segments, scores, groups, keep, torch.arange(len(scores), device=scores.device), voting_threshold)
+    _check_voting(voting_threshold, scores, voting_weight)
+    return _vote(segments, scores, groups, keep, torch.arange(len(scores), device=scores.device), voting_threshold,
+                 voting_weight)
 
 
 def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | None = None, method: str = "hard",
                            iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
                            pre_nms_top_k: int | None = None, max_detections: int | None = None,
                            class_agnostic: bool = False, voting_threshold: float | None = None,
-                           ) -> tuple[Tensor, Tensor, Tensor]:
+                           voting_weight: str = "score-tiou", high_threshold: float = 0.9,
+                           width_scale: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One video's raw detections -> (segments [K, 2], scores [K], labels [K]), highest score first.
 
     segments [N, 2] (start_s, end_s), scores [N], labels [N] integers (None: proposals, one class).
     Steps: drop scores < score_threshold; keep the pre_nms_top_k best; NMS by `method` ("hard",
-    "soft-linear", "soft-gaussian" or "none"), per label unless class_agnostic; optionally replace
-    each kept segment by the score-weighted mean of its neighbours with tIoU >= voting_threshold
-    (candidates after the first two steps vote, with their input scores); keep the max_detections best.
+    "soft-linear", "soft-gaussian", "soft-adaptive" (BMN's; `high_threshold`, `width_scale`, see
+    `soft_nms`) or "none"), per label unless class_agnostic; optionally replace
+    each kept segment by the weighted mean of its neighbours with tIoU >= voting_threshold
+    (candidates after the first two steps vote, weighted as `voting_weight` says, see `score_voting`);
+    keep the max_detections best.
     Soft methods return decayed scores; the others the input scores.
     """
     segments, scores, groups = _validate(segments, scores, labels, "postprocess_detections")
@@ -116,9 +131,9 @@ def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | No
     if method == "hard":
         _check_threshold(iou_threshold, "iou_threshold")
     elif method != "none":
-        _check_soft(method.removeprefix("soft-"), iou_threshold, sigma)
+        _check_soft(method.removeprefix("soft-"), iou_threshold, sigma, high_threshold, width_scale)
     if voting_threshold is not None:
-        _check_voting(voting_threshold, scores)
+        _check_voting(voting_threshold, scores, voting_weight)
     _check_count(pre_nms_top_k, "pre_nms_top_k")
     _check_count(max_detections, "max_detections")
     if labels is None:
@@ -135,10 +150,11 @@ def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | No
         kept_scores = scores[keep]
     else:
         keep, kept_scores = _soft_nms(segments, scores, groups, order, method.removeprefix("soft-"),
-                                      iou_threshold, sigma, score_threshold, max_detections)
+                                      iou_threshold, sigma, score_threshold, max_detections,
+                                      (high_threshold, width_scale))
     kept_segments = segments[keep]
     if voting_threshold is not None:
-        kept_segments = _vote(segments, scores, groups, keep, order, voting_threshold)
+        kept_segments = _vote(segments, scores, groups, keep, order, voting_threshold, voting_weight)
     return kept_segments, kept_scores, labels[keep]
 
 
@@ -192,15 +208,21 @@ def _check_threshold(value: float, name: str) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
-def _check_soft(method: str, iou_threshold: float, sigma: float) -> None:
+def _check_soft(method: str, iou_threshold: float, sigma: float, high_threshold: float = 0.9,
+                width_scale: float | None = None) -> None:
     if method not in SOFT_METHODS:
-        raise ValueError(f"soft NMS method must be 'linear' or 'gaussian', got {method!r}")
+        raise ValueError(f"soft NMS method must be 'linear', 'gaussian' or 'adaptive', got {method!r}")
     _check_threshold(iou_threshold, "iou_threshold")
-    if method == "gaussian" and not sigma > 0:
-        raise ValueError(f"sigma must be > 0 for gaussian soft NMS, got {sigma}")
+    if method != "linear" and not sigma > 0:
+        raise ValueError(f"sigma must be > 0 for {method} soft NMS, got {sigma}")
+    if method == "adaptive" and not (width_scale is not None and width_scale > 0):
+        raise ValueError(f"adaptive soft NMS needs width_scale > 0 (the length widths are normalised by), "
+                         f"got {width_scale}")
 
 
-def _check_voting(voting_threshold: float, scores: Tensor) -> None:
+def _check_voting(voting_threshold: float, scores: Tensor, voting_weight: str) -> None:
+    if voting_weight not in VOTING_WEIGHTS:
+        raise ValueError(f"voting_weight must be one of {', '.join(VOTING_WEIGHTS)}, got {voting_weight!r}")
     if not 0.0 < voting_threshold <= 1.0:
         raise ValueError(f"voting_threshold must be in (0, 1], got {voting_threshold}")
     if len(scores) and bool((scores < 0).any()):
@@ -312,6 +334,13 @@ def _starts_inside(frame: tuple[Tensor, Tensor, Tensor], x: Tensor, x_group: Ten
 # hard NMS
 
 
+def _above(overlap: Tensor, threshold: float) -> Tensor:
+    """overlap > threshold with the threshold kept in float64, as torchvision's kernels compare a float
+    IoU with a double threshold (a float32 tensor against a Python float would round the threshold to
+    float32: tIoU 1/10 in float32 is then not above 0.1)."""
+    return overlap.double() > threshold
+
+
 def _greedy_rounds(num_nodes: int, src: Tensor, dst: Tensor) -> Tensor:
     """Greedy NMS decisions on a suppression graph: which of num_nodes nodes (rank order) are kept [n] bool.
 
@@ -352,7 +381,7 @@ def _hard_nms(segments: Tensor, groups: Tensor, order: Tensor, iou_threshold: fl
         block_size *= 2
         if len(kept):
             i, j = _cross_pairs(segments[kept], groups[kept], segments[block], groups[block])  # [E]
-            hit = tiou(segments[kept[i]], segments[block[j]]) > iou_threshold  # [E]
+            hit = _above(tiou(segments[kept[i]], segments[block[j]]), iou_threshold)  # [E]
             suppressed = torch.zeros(len(block), dtype=torch.bool, device=block.device)
             suppressed[j[hit]] = True
             block = block[~suppressed]
@@ -364,7 +393,7 @@ def _hard_nms(segments: Tensor, groups: Tensor, order: Tensor, iou_threshold: fl
             sorted_block, count = _overlap_runs(segments[block], groups[block])
         p, q = _overlapping_pairs(sorted_block, count)  # [E] block positions
         src, dst = torch.minimum(p, q), torch.maximum(p, q)  # higher rank first
-        edge = tiou(segments[block[src]], segments[block[dst]]) > iou_threshold  # [E]
+        edge = _above(tiou(segments[block[src]], segments[block[dst]]), iou_threshold)  # [E]
         kept = torch.cat([kept, block[_greedy_rounds(len(block), src[edge], dst[edge])]])
         if max_detections is not None and len(kept) >= max_detections:
             break
@@ -377,8 +406,11 @@ def _hard_nms(segments: Tensor, groups: Tensor, order: Tensor, iou_threshold: fl
 
 def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, method: str,
               iou_threshold: float, sigma: float, score_threshold: float | None,
-              max_detections: int | None) -> tuple[Tensor, Tensor]:
-    """Soft NMS of the candidates `order` within groups -> (kept indices [K], decayed scores [K]), best first."""
+              max_detections: int | None, adaptive: tuple[float, float | None] = (0.9, None),
+              ) -> tuple[Tensor, Tensor]:
+    """Soft NMS of the candidates `order` within groups -> (kept indices [K], decayed scores [K]), best first.
+
+    adaptive: (high_threshold, width_scale) of the "adaptive" method."""
     device = scores.device
     if not len(order):
         return order, scores[:0]
@@ -416,7 +448,11 @@ def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, m
         gone[row_ids, col] = True
         overlap = _tiou_with_pick(start, end, length, col)  # [G, M]
         if method == "linear":
-            weight = torch.where(overlap > iou_threshold, 1.0 - overlap, 1.0)
+            weight = torch.where(_above(overlap, iou_threshold), 1.0 - overlap, 1.0)
+        elif method == "adaptive":
+            high, scale = adaptive
+            limit = iou_threshold + (high - iou_threshold) * length[row_ids, col] / scale  # [G]
+            weight = torch.where(overlap > limit[:, None], (overlap * overlap).mul_(-1.0 / sigma).exp_(), 1.0)
         else:
             weight = overlap.square_().mul_(-1.0 / sigma).exp_()
         current.mul_(weight)
@@ -455,15 +491,18 @@ def _tiou_with_pick(start: Tensor, end: Tensor, length: Tensor, col: Tensor) -> 
 
 
 def _vote(segments: Tensor, scores: Tensor, groups: Tensor, keep: Tensor, voters: Tensor,
-          voting_threshold: float) -> Tensor:
-    """Score-weighted mean of the voters (indices) of each kept segment's group with tIoU >= threshold: [K, 2]."""
+          voting_threshold: float, voting_weight: str) -> Tensor:
+    """Weighted mean of the voters (indices) of each kept segment's group with tIoU >= threshold: [K, 2]."""
     if not len(keep):
         return segments[keep]
     k, v = _cross_pairs(segments[keep], groups[keep], segments[voters], groups[voters])  # [E]
     v = voters[v]
-    close = tiou(segments[keep[k]], segments[v]) >= voting_threshold  # [E]
+    overlap = tiou(segments[keep[k]], segments[v])  # [E]
+    close = overlap >= voting_threshold
     k, v = k[close], v[close]
     weight = scores[v].to(segments.dtype)  # [E]
+    if voting_weight == "score-tiou":
+        weight = weight * overlap[close].to(segments.dtype)
     total = torch.zeros(len(keep), dtype=segments.dtype, device=segments.device).index_add_(0, k, weight)  # [K]
     mean = torch.zeros(len(keep), 2, dtype=segments.dtype, device=segments.device).index_add_(
         0, k, weight[:, None] * segments[v])  # [K, 2]

@@ -3,19 +3,29 @@
 Heads work in feature steps (feature i spans [i, i + 1)); this task converts with DESIGN.md's time
 rule, step x <-> t = ((x - 0.5) * stride + window / 2) / fps seconds, clipped to [0, duration].
 Two ways to feed a video (`dataset.mode`):
-- "window" (THUMOS14 style): windows of `num_steps` features, consecutive windows overlapping by
-  `window_overlap`; training uses the windows that hold at least one instance with `min_coverage` of
-  its length inside (instances are clipped to the window); at inference every window is predicted, the
-  detections shifted back, merged per video and passed through the head's NMS again.
+- "window" (THUMOS14 style): windows of `num_steps` features, consecutive training windows overlapping
+  by `window_overlap` and inference windows by `test_window_overlap` (default: the same); training
+  uses the windows that hold at least one instance with `min_coverage` of its length inside
+  (instances are clipped to the window); at inference every window is predicted, the detections
+  shifted back, merged per video and passed through the head's NMS once.
 - "rescale" (ActivityNet style): each video's features linearly resampled to `num_steps` steps.
 Class-agnostic heads (`proposal_head`) write proposals; with `dataset.classification` (an ActivityNet
 classification submission, `{"results": {vid: [{"label", "score"}]}}`) each proposal is also paired with
 the video's `classes_per_proposal` best classes (score = proposal x class score) into detections.
 
 dataset keys: features, annotations, format, train_subset, val_subset, mode, num_steps, window_overlap,
-min_coverage, strip_prefix, classification, classes_per_proposal.
+test_window_overlap, min_coverage, strip_prefix, classification, classes_per_proposal, class_agnostic
+(train any detection head on one "action" class and treat its detections as proposals, labelled from
+dataset.classification as the proposal heads are: the official A2Net ActivityNet protocol), also_emit
+({class: other class}: every detection of `class` is also emitted as `other class` before the video's
+NMS; the official A2Net THUMOS14 code does this for CliffDiving -> Diving, lib/core/post_process.py,
+CATE_IDX_OCC / CATE_IDX_REP).
 eval keys: tiou (detection thresholds, "A:B:STEP" or a list; default 0.5:0.95:0.05), max_detections
-(per video, 200), batch_size, metric, interval.
+(per video, 200), batch_size, metric, interval, nms_per_window (default false: with several windows the
+head's NMS runs once, on the merged detections of the video, as the official A2Net and BMN THUMOS14
+codes do; true also runs it in every window first, which decays soft-NMS scores twice), max_avg_proposals
+(100), proposal_ar_at (the ANs of AR@AN, default 1, 5, 10, 50, 100; THUMOS14: 50 .. 1000 with
+max_avg_proposals 1000), proposal_tiou (default 0.5:0.95:0.05).
 """
 from __future__ import annotations
 
@@ -32,7 +42,7 @@ from tal.datasets.types import DetectionAnnotations
 from tal.errors import TalInputError
 from tal.eval.detection import ACTIVITYNET_TIOU, evaluate_detection
 from tal.eval.predictions import parse_segment_predictions
-from tal.eval.proposals import evaluate_proposals
+from tal.eval.proposals import AR_AT, evaluate_proposals
 from tal.features.cache import FeatureCache, FeatureMeta, open_feature_cache
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, TASKS
@@ -40,8 +50,10 @@ from tal.tasks.base import Task, check_section, require_files, to_device
 from tal.tasks.grounding import feature_settings
 
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
-                "window_overlap", "min_coverage", "strip_prefix", "classification", "classes_per_proposal"}
-EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval"}
+                "window_overlap", "test_window_overlap", "min_coverage", "strip_prefix", "classification",
+                "classes_per_proposal", "also_emit", "class_agnostic"}
+EVAL_KEYS = {"tiou", "max_detections", "batch_size", "metric", "interval", "nms_per_window", "max_avg_proposals",
+             "proposal_ar_at", "proposal_tiou"}
 MODES = ("window", "rescale")
 PROPOSAL_HEADS = {"bsnpp", "s2dtan"}  # their modules set `proposal_head = True`
 
@@ -123,9 +135,10 @@ class DetectionTask(Task):
             raise TalInputError(f"dataset.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         self.num_steps = int(self.data.get("num_steps", 128))
         self.overlap = float(self.data.get("window_overlap", 0.25))
-        if self.num_steps < 2 or not 0.0 <= self.overlap < 1.0:
-            raise TalInputError(f"dataset.num_steps must be >= 2 and dataset.window_overlap in [0, 1), got "
-                                f"{self.num_steps} and {self.overlap}")
+        self.test_overlap = float(self.data.get("test_window_overlap", self.overlap))
+        if self.num_steps < 2 or not (0.0 <= self.overlap < 1.0 and 0.0 <= self.test_overlap < 1.0):
+            raise TalInputError(f"dataset.num_steps must be >= 2 and dataset.window_overlap, test_window_overlap in "
+                                f"[0, 1), got {self.num_steps}, {self.overlap} and {self.test_overlap}")
         self.min_coverage = float(self.data.get("min_coverage", 0.5))
         self.tiou = parse_tiou(self.eval_cfg.get("tiou"))
         self.cache: FeatureCache | None = None
@@ -135,6 +148,31 @@ class DetectionTask(Task):
         if meta is None:
             self._load_data()
         self.classes: list[str] = list(self.meta["classes"])
+        self.also_emit = self._also_emit_pairs(self.data.get("also_emit") or {})
+        self.class_agnostic = bool(self.data.get("class_agnostic", False))
+
+    def _also_emit_pairs(self, mapping: dict) -> torch.Tensor:
+        """dataset.also_emit as class-index pairs [M, 2] (from, to)."""
+        if not isinstance(mapping, dict):
+            raise TalInputError(f"dataset.also_emit must map a class to another, e.g. {{CliffDiving: Diving}}, "
+                                f"got {mapping!r}")
+        unknown = sorted(str(c) for pair in mapping.items() for c in pair if c not in self.classes)
+        if unknown:
+            raise TalInputError(f"dataset.also_emit names {', '.join(unknown)}, not classes of the training subset "
+                                f"({', '.join(self.classes[:5])}, ...); fix the class names or drop dataset.also_emit")
+        index = {c: i for i, c in enumerate(self.classes)}
+        return torch.tensor([[index[a], index[b]] for a, b in mapping.items()], dtype=torch.long).reshape(-1, 2)
+
+    def emit_also(self, segments: torch.Tensor, scores: torch.Tensor,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Append a copy of every detection of a `from` class of dataset.also_emit, labelled `to`."""
+        copies = [(labels == a).nonzero()[:, 0] for a, _ in self.also_emit.tolist()]
+        targets = [torch.full((len(c),), b, dtype=labels.dtype) for c, (_, b) in zip(copies, self.also_emit.tolist())]
+        if not copies:
+            return segments, scores, labels
+        rows = torch.cat(copies)
+        return (torch.cat([segments, segments[rows]]), torch.cat([scores, scores[rows]]),
+                torch.cat([labels, torch.cat(targets)]))
 
     # ------------------------------------------------------------------ data
     def _load_data(self) -> None:
@@ -183,7 +221,7 @@ class DetectionTask(Task):
             timing = Timing.of(self.cache.meta(vid), annotation.duration)
             segments = timing.to_steps(annotation.segments.reshape(-1, 2))  # [N, 2] video steps
             labels = np.array([index[label] for label in annotation.labels], dtype=np.int64)
-            for chunk in self.chunks(vid, timing.num_features):
+            for chunk in self.chunks(vid, timing.num_features, training=True):
                 local = (segments - chunk.offset) / chunk.scale  # [N, 2] chunk steps
                 clipped = local.clip(0.0, chunk.num_valid)
                 length = np.maximum(local[:, 1] - local[:, 0], 1e-9)
@@ -192,12 +230,13 @@ class DetectionTask(Task):
                     items.append((chunk, clipped[keep].astype(np.float32), labels[keep]))
         return items
 
-    def chunks(self, video: str, num_features: int) -> list[Chunk]:
-        """The head inputs of a video, in the configured mode."""
+    def chunks(self, video: str, num_features: int, training: bool = False) -> list[Chunk]:
+        """The head inputs of a video, in the configured mode (training or inference window overlap)."""
         if self.mode == "rescale":
             return [Chunk(video, 0.0, num_features / self.num_steps, self.num_steps)]
+        overlap = self.overlap if training else self.test_overlap
         return [Chunk(video, float(start), 1.0, min(self.num_steps, num_features - start))
-                for start in window_starts(num_features, self.num_steps, self.overlap)]
+                for start in window_starts(num_features, self.num_steps, overlap)]
 
     def chunk_features(self, chunk: Chunk, features: torch.Tensor) -> torch.Tensor:
         """[num_valid, D] of the chunk (rescaled, or a window of the video)."""
@@ -216,7 +255,7 @@ class DetectionTask(Task):
         cfg = dict(self.model_cfg)
         cfg["input_dim"] = self.meta["input_dim"]
         if cfg.get("name") not in PROPOSAL_HEADS:  # class-agnostic heads take no class count
-            cfg["num_classes"] = len(self.meta["classes"])
+            cfg["num_classes"] = 1 if self.class_agnostic else len(self.meta["classes"])
         return MODELS.get(cfg.get("name"))(cfg)
 
     def num_train_items(self) -> int:
@@ -236,38 +275,63 @@ class DetectionTask(Task):
         items = [self.train_items[i] for i in indices]
         batch = self.pad_batch([self.chunk_features(c, self._video_features(c.video)) for c, _, _ in items])
         batch["segments"] = [torch.from_numpy(s) for _, s, _ in items]
-        batch["labels"] = [torch.from_numpy(labels) for _, _, labels in items]
+        batch["labels"] = [torch.from_numpy(labels * 0 if self.class_agnostic else labels) for _, _, labels in items]
         return batch
 
     # ------------------------------------------------------------------ inference
     def is_proposal_head(self, model: nn.Module) -> bool:
-        return bool(getattr(model, "proposal_head", False))
+        return bool(getattr(model, "proposal_head", False)) or self.class_agnostic
 
     @torch.no_grad()
     def detect_video(self, model: nn.Module, features: np.ndarray | torch.Tensor, timing: Timing,
-                     device: torch.device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One video's detections: segments [K, 2] seconds, scores [K], class indices [K] (0 for proposals)."""
+                     device: torch.device, video_scores: torch.Tensor | None = None,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One video's detections: segments [K, 2] seconds, scores [K], class indices [K] (0 for proposals).
+
+        video_scores [C]: the video's class scores from dataset.classification, given to the head as
+        batch["video_scores"] [B, C] (TCN adds them to its proposal classifier, as its official code).
+        """
         model.eval()
         features = torch.as_tensor(features, dtype=torch.float32)
         chunks = self.chunks("", len(features))
         size = int(self.eval_cfg.get("batch_size", 16))
-        segments, scores, labels = [], [], []
-        for start in range(0, len(chunks), size):
-            part = chunks[start:start + size]
-            batch = to_device(self.pad_batch([self.chunk_features(c, features) for c in part]), device)
-            for chunk, (seg, score, label) in zip(part, model.predict(batch)):
-                segments.append(seg.double().cpu() * chunk.scale + chunk.offset)
-                scores.append(score.double().cpu())
-                labels.append(label.long().cpu())
-        segments, scores, labels = torch.cat(segments), torch.cat(scores), torch.cat(labels)
+        head_nms = getattr(model, "nms", None)
+        raw_windows = len(chunks) > 1 and head_nms is not None and not self.eval_cfg.get("nms_per_window", False)
+        if raw_windows:
+            model.nms = {"method": "none"}  # the windows' candidates are NMSed once, merged, below
+        try:
+            segments, scores, labels = self._predict_chunks(model, chunks, features, size, device, video_scores)
+        finally:
+            if raw_windows:
+                model.nms = head_nms
         max_detections = int(self.eval_cfg.get("max_detections", 200))
-        if len(chunks) > 1 and len(scores):
-            nms = dict(getattr(model, "nms", None) or {"method": "hard", "iou_threshold": 0.5})
+        emitted = len(self.also_emit) > 0 and not self.is_proposal_head(model)
+        if emitted:
+            segments, scores, labels = self.emit_also(segments, scores, labels)
+        if (len(chunks) > 1 or emitted) and len(scores):
+            nms = dict(head_nms or {"method": "hard", "iou_threshold": 0.5})
             nms["max_detections"] = max_detections
             segments, scores, labels = postprocess_detections(segments, scores, labels, **nms)
         order = scores.argsort(descending=True, stable=True)[:max_detections]
         seconds = timing.to_seconds(segments[order].numpy())
         return seconds, scores[order].numpy(), labels[order].numpy()
+
+    def _predict_chunks(self, model: nn.Module, chunks: list[Chunk], features: torch.Tensor, size: int,
+                        device: torch.device, video_scores: torch.Tensor | None,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The head's predictions of every chunk, in video steps: segments [N, 2], scores [N], labels [N]."""
+        segments, scores, labels = [], [], []
+        for start in range(0, len(chunks), size):
+            part = chunks[start:start + size]
+            batch = self.pad_batch([self.chunk_features(c, features) for c in part])
+            if video_scores is not None:
+                batch["video_scores"] = video_scores.expand(len(part), -1)
+            batch = to_device(batch, device)
+            for chunk, (seg, score, label) in zip(part, model.predict(batch)):
+                segments.append(seg.double().cpu() * chunk.scale + chunk.offset)
+                scores.append(score.double().cpu())
+                labels.append(label.long().cpu())
+        return torch.cat(segments), torch.cat(scores), torch.cat(labels)
 
     def video_items(self, split: str) -> list[tuple[str, Timing]]:
         subset = self.annotations.subset(self.data["val_subset"] if split in ("val", "test") else split)
@@ -275,14 +339,28 @@ class DetectionTask(Task):
 
     def predict(self, model: nn.Module, split: str, device: torch.device) -> dict:
         proposals = self.is_proposal_head(model)
+        priors = self.video_class_scores() if not proposals and self.data.get("classification") else {}
         results = {}
         for vid, timing in self.video_items(split):
-            segments, scores, labels = self.detect_video(model, self._video_features(vid), timing, device)
+            segments, scores, labels = self.detect_video(model, self._video_features(vid), timing, device,
+                                                         priors.get(vid))
             results[vid] = detection_rows(self, segments, scores, labels, proposals)
         out = {"version": "tal", "results": results, "external_data": {}}
         if proposals and self.data.get("classification"):
             out["detections"] = fuse_video_classes(results, read_classification(self.data["classification"]),
                                                    int(self.data.get("classes_per_proposal", 2)))
+        return out
+
+    def video_class_scores(self) -> dict[str, torch.Tensor]:
+        """dataset.classification as vid -> [C] scores in this task's class order (0 for a class not listed)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        out = {}
+        for vid, pairs in read_classification(self.data["classification"]).items():
+            scores = torch.zeros(len(self.classes))
+            for label, score in pairs:
+                if label in index:
+                    scores[index[label]] = score
+            out[vid] = scores
         return out
 
     def evaluate(self, predictions: dict, split: str) -> dict:
@@ -296,7 +374,11 @@ class DetectionTask(Task):
         else:
             metrics = {}
         parsed = parse_segment_predictions({"results": predictions["results"]}, "predictions", with_labels=False)
-        return {**evaluate_proposals(truth, parsed).to_json(), **metrics}
+        proposal_tiou = parse_tiou(self.eval_cfg.get("proposal_tiou"))
+        ar_at = tuple(int(n) for n in self.eval_cfg.get("proposal_ar_at", AR_AT))
+        result = evaluate_proposals(truth, parsed, float(self.eval_cfg.get("max_avg_proposals", 100)), proposal_tiou,
+                                    ar_at)
+        return {**result.to_json(), **metrics}
 
     def write_predictions(self, predictions: dict, path: str | Path) -> None:
         from tal.datasets.jsonio import write_json_atomic
@@ -310,7 +392,7 @@ class DetectionTask(Task):
 
     @property
     def default_metric(self) -> str:  # type: ignore[override]
-        proposal = self.model_cfg.get("name") in PROPOSAL_HEADS
+        proposal = self.model_cfg.get("name") in PROPOSAL_HEADS or bool(self.data.get("class_agnostic"))
         return "AR@100" if proposal and not self.data.get("classification") else "average_mAP"
 
     @property
