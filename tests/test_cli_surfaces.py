@@ -54,7 +54,8 @@ def test_extraction_of_one_folder_says_one_video_and_draws_no_bar_into_a_log(sam
     folder.mkdir()
     (folder / "clip.mp4").write_bytes(sample_videos[2].read_bytes())
     out = tmp_path / "f.h5"
-    assert main(["extract-features", str(folder), "--out", str(out), "--backbone", "handcrafted", "--workers", "0"]) == 0
+    assert main(["extract-features", str(folder), "--out", str(out), "--backbone", "handcrafted",
+                 "--workers", "0"]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and "extract handcrafted" not in err
     assert f"{out}: 1 video (1 new, 0 already done)" in err

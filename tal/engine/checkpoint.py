@@ -44,7 +44,8 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
-        kept = "the previous one is intact; free space and re-run with --resume" if path.exists() else "nothing was lost"
+        kept = ("the previous one is intact; free space and re-run with --resume" if path.exists()
+                else "nothing was lost")
         raise TalInputError(f"{path}: no space left on the device while saving the checkpoint; {kept}") from None
     finally:
         tmp.unlink(missing_ok=True)

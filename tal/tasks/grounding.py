@@ -29,7 +29,8 @@ from tal.tasks.base import Task, check_section, require_files
 
 DATASET_KEYS = {"features", "train", "test", "val", "format", "normalize", "strip_prefix"}
 EVAL_KEYS = {"nms", "top_k", "recall", "iou", "iou_ge", "batch_size", "metric", "interval"}
-FEATURE_ATTRS = ("backbone", "weights", "weights_sha256", "weights_path", "fps", "window", "stride", "feature_dim", "input_size", "frame_size")
+FEATURE_ATTRS = ("backbone", "weights", "weights_sha256", "weights_path", "fps", "window", "stride", "feature_dim",
+                 "input_size", "frame_size")
 
 
 def feature_settings(cache: FeatureCache) -> dict:
