@@ -148,7 +148,8 @@ def app_client():
 def test_health_and_videos(client):
     from tal import __version__
 
-    assert client.get("/health").json() == {"status": "ok", "num_videos": 2, "version": __version__}
+    assert client.get("/health").json() == {"status": "ok", "num_videos": 2, "version": __version__,
+                                            "task": "grounding"}
     response = client.get("/videos")
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     assert response.json() == {"videos": ["v_cooking", "v_sports"]}
@@ -273,10 +274,51 @@ def test_model_bug_is_a_json_500_and_the_app_survives(app_client):
 
 
 def test_openapi_documents_the_endpoints(app_client):
-    paths = app_client.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/query", "/videos", "/health"}
-    example = paths["/query"]["post"]["requestBody"]["content"]["application/json"]["example"]
-    assert example["video"] == "v_cooking"
+    spec = app_client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths) == {"/query", "/videos", "/health", "/videos/{video}", "/videos/{video}/file"}
+    body = paths["/query"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["example"]["video"] == "v_cooking"
+    assert body["schema"]["required"] == ["video", "query"] and body["schema"]["additionalProperties"] is False
+    assert body["schema"]["properties"]["top_k"] | {"description": ""} == {
+        "type": "integer", "minimum": 1, "maximum": 100, "default": 5, "title": "Top K", "description": ""}
+    responses = paths["/query"]["post"]["responses"]
+    assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/QueryAnswer"}
+    for status in ("400", "404", "413", "422"):
+        assert responses[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorAnswer"}, status
+    answer = spec["components"]["schemas"]["QueryAnswer"]["properties"]
+    assert set(answer) == {"moments", "warnings"}
+
+
+def test_declared_schema_accepts_what_the_parser_accepts():
+    """tal.web.schema.QueryRequest (documentation) and parse_query (the hot path) agree on every case."""
+    from pydantic import ValidationError
+
+    from tal.serve import RequestError, parse_query
+    from tal.web.schema import QueryRequest
+
+    videos = frozenset(FakeRetriever().videos())
+    field_errors = [(name, body) for name, body, status, _ in BAD_REQUESTS
+                    if status == 422 and name not in ("refused-by-model", "lone-surrogate", "blank-query")]
+    assert len(field_errors) >= 15
+    for name, body in field_errors:
+        with pytest.raises(RequestError):
+            parse_query(json.dumps(body).encode(), videos)
+        with pytest.raises(ValidationError):
+            QueryRequest.model_validate_json(json.dumps(body))
+            pytest.fail(f"the schema accepts {name}")
+    for body in (GOOD, {"video": "v_sports", "query": "a" * 512}, {**GOOD, "top_k": 100}):
+        parse_query(json.dumps(body).encode(), videos)
+        QueryRequest.model_validate_json(json.dumps(body))
+
+
+def test_docs_page_is_served_without_other_hosts(app_client):
+    page = app_client.get("/docs")
+    assert page.status_code == 200 and "/static/docs.js" in page.text
+    for asset in ("/static/docs.js", "/static/app.css", "/static/docs.css"):
+        assert app_client.get(asset).status_code == 200, asset
+    assert "http" not in page.text.replace("http-equiv", "")  # every script and style from this server
 
 
 def test_missing_fastapi_names_the_extra(monkeypatch):
@@ -318,10 +360,11 @@ from test_serve import FakeRetriever
 api = types.ModuleType("tal.api")
 class MomentRetriever(FakeRetriever):
     @classmethod
-    def from_checkpoint(cls, checkpoint, features=None, device="cpu"):
+    def from_checkpoint(cls, checkpoint, features=None, device="cpu", weights=None):
         print("loaded", checkpoint, features, device, file=sys.stderr, flush=True)
         return cls()
 api.MomentRetriever = MomentRetriever
+api.load_predictor = MomentRetriever.from_checkpoint
 sys.modules["tal.api"] = api
 from tal.cli.main import main
 sys.exit(main(sys.argv[1:]))
