@@ -77,6 +77,7 @@ async function selectVideo(video) {
   show("error", "");
   show("warning", "");
   $("video-title").textContent = video;
+  $("intro").hidden = true;
   const info = await api(`/videos/${encodeURIComponent(video)}`).catch((error) => {
     show("error", error.message);
     return { duration: null, file: false };
@@ -154,50 +155,74 @@ function drawTimeline() {
   const timeline = $("timeline");
   timeline.hidden = !state.video;
   const total = timelineSeconds();
-  const shown = visible();
-  const laneNames = state.task === "detection"
-    ? [...new Set(shown.map((r) => r.lane))].sort((a, b) => state.classes.indexOf(a) - state.classes.indexOf(b))
-    : shown.map((r) => r.lane);
-  const lanes = new Map(laneNames.map((name) => [name, makeLane(name)]));
-  shown.forEach((result) => {
-    const bar = document.createElement("button");
-    const index = state.results.indexOf(result);
-    bar.type = "button";
-    bar.className = "bar" + (index === state.selected ? " selected" : "");
-    bar.style.left = `${(100 * result.start) / total}%`;
-    bar.style.width = `${(100 * (result.end - result.start)) / total}%`;
-    bar.style.background = result.colour;
-    if (state.task === "detection") bar.style.opacity = String(0.35 + 0.65 * result.score);
-    bar.textContent = result.score.toFixed(2);
-    bar.title = `${result.lane}: ${seconds(result.start)} to ${seconds(result.end)}, score ${result.score.toFixed(3)}`;
-    bar.setAttribute("aria-label", bar.title);
-    bar.addEventListener("click", (event) => { event.stopPropagation(); choose(index); });
-    lanes.get(result.lane).append(bar);
+  const lanes = laneRows(visible());
+  $("lanes").replaceChildren(...lanes.map(({ name, results }) => {
+    const lane = document.createElement("div");
+    lane.className = "lane";
+    const label = document.createElement("span");
+    label.className = "lane-name";
+    label.textContent = name;
+    label.title = name;
+    const track = document.createElement("div");
+    track.className = "track";
+    track.append(...results.map((result) => makeBar(result, total)));
+    lane.append(label, track);
+    return lane;
+  }));
+  const trackPixels = $("track-overlay").clientWidth;
+  $("lanes").querySelectorAll(".bar").forEach((bar) => {  // a score only where it fits
+    if (parseFloat(bar.style.width) * trackPixels / 100 < 34) bar.textContent = "";
   });
-  if (!lanes.size) lanes.set("", makeLane(state.task === "detection" ? "no detection above the threshold" : ""));
-  $("lanes").replaceChildren(...lanes.values());
-  const axis = $("axis");
   const step = niceStep(total);
   const ticks = [];
-  for (let t = 0; t <= total + 1e-9; t += step) {
+  for (let t = 0; t <= 0.97 * total; t += step) {  // none at the right edge, where its label would not fit
     const tick = document.createElement("span");
     tick.className = "tick";
     tick.style.left = `${(100 * t) / total}%`;
     tick.textContent = `${Math.round(t)} s`;
     ticks.push(tick);
   }
-  axis.replaceChildren(...ticks);
+  $("axis").replaceChildren(...ticks);
   movePlayhead();
 }
 
-function makeLane(name) {
-  const lane = document.createElement("div");
-  lane.className = "lane";
-  const label = document.createElement("span");
-  label.className = "lane-name";
-  label.textContent = name;
-  lane.append(label);
-  return lane;
+const MAX_ROWS_PER_CLASS = 4;
+
+function laneRows(shown) {
+  // Grounding: one row per ranked moment. Detection: one lane per class, its detections packed into
+  // rows so that they do not hide each other (at most MAX_ROWS_PER_CLASS; the rest share the last row).
+  if (state.task !== "detection") return shown.map((r) => ({ name: r.lane, results: [r] }));
+  if (!shown.length) return [{ name: "", results: [] }];
+  const byClass = new Map();
+  shown.forEach((r) => byClass.set(r.lane, [...(byClass.get(r.lane) || []), r]));
+  const order = [...byClass.keys()].sort((a, b) => state.classes.indexOf(a) - state.classes.indexOf(b));
+  return order.flatMap((name) => {
+    const rows = [];
+    byClass.get(name).slice().sort((a, b) => a.start - b.start).forEach((r) => {
+      let row = rows.find((candidate) => candidate.end <= r.start);
+      if (!row && rows.length < MAX_ROWS_PER_CLASS) rows.push(row = { end: -Infinity, results: [] });
+      row = row || rows[rows.length - 1];
+      row.results.push(r);
+      row.end = Math.max(row.end, r.end);
+    });
+    return rows.map((row, i) => ({ name: i === 0 ? name : "", results: row.results }));
+  });
+}
+
+function makeBar(result, total) {
+  const bar = document.createElement("button");
+  const index = state.results.indexOf(result);
+  bar.type = "button";
+  bar.className = "bar" + (index === state.selected ? " selected" : "");
+  bar.style.left = `${(100 * result.start) / total}%`;
+  bar.style.width = `${(100 * (result.end - result.start)) / total}%`;
+  bar.style.background = result.colour;
+  if (state.task === "detection") bar.style.opacity = String(0.35 + 0.65 * Math.min(1, result.score));
+  bar.textContent = result.score.toFixed(2);
+  bar.title = `${result.lane}: ${seconds(result.start)} to ${seconds(result.end)}, score ${result.score.toFixed(3)}`;
+  bar.setAttribute("aria-label", bar.title);
+  bar.addEventListener("click", (event) => { event.stopPropagation(); choose(index); });
+  return bar;
 }
 
 function niceStep(total) {
@@ -206,9 +231,11 @@ function niceStep(total) {
   return [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough);
 }
 
+const MAX_RESULT_ROWS = 20;
+
 function renderResults() {
   const shown = visible();
-  const items = shown.slice(0, 50).map((result) => {
+  const items = shown.slice(0, MAX_RESULT_ROWS).map((result) => {
     const index = state.results.indexOf(result);
     const item = document.createElement("li");
     const button = document.createElement("button");
@@ -228,6 +255,10 @@ function renderResults() {
     return item;
   });
   $("results").replaceChildren(...items);
+  const more = shown.length - items.length;
+  show("more-results", more > 0 ? `and ${more} more on the timeline (raise the threshold to see fewer)` : "");
+  show("empty-results", state.task === "detection" && state.video && !shown.length
+    ? "No detection scores above the threshold: lower it." : "");
 }
 
 function choose(index) {  // a moment clicked: select it and play from its start
@@ -250,7 +281,7 @@ function movePlayhead() {
 }
 
 function seekFromTimeline(event) {
-  const box = $("lanes").getBoundingClientRect();
+  const box = $("track-overlay").getBoundingClientRect();
   const t = Math.min(1, Math.max(0, (event.clientX - box.left) / box.width)) * timelineSeconds();
   state.cursor = t;
   const player = $("player");
