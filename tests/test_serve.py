@@ -448,3 +448,115 @@ def test_waiting_queries_are_answered_in_one_batch():
     assert sum(retriever.batch_sizes) == 48
     assert max(retriever.batch_sizes) > 1 and len(retriever.batch_sizes) < 48
     assert retriever.max_active == 1  # batches never overlap
+
+
+# --- warnings, /detect, video files ----------------------------------------------------------------------------
+
+class WarningRetriever(FakeRetriever):
+    """Answers as FakeRetriever, as `tal.api.Moments` with a warning for the sentence "zebras juggle"."""
+
+    def query(self, video: str, sentence: str, top_k: int = 5):
+        from tal.api import Moments
+
+        moments = super().query(video, sentence, top_k)
+        return Moments(moments, ["no known word"] if sentence == "zebras juggle" else [])
+
+
+def test_answers_carry_the_retrievers_warnings():
+    with TestClient(create_app(WarningRetriever())) as client:
+        warned = client.post("/query", json={"video": "v_sports", "query": "zebras juggle", "top_k": 1}).json()
+        assert warned == {"moments": [{"start": 0.0, "end": 2.0, "score": 1.0}], "warnings": ["no known word"]}
+        assert client.post("/query", json=GOOD).json() == {"moments": GOOD_MOMENTS}  # no empty list
+
+
+class FakeDetector:
+    """Detections i = 0..9 of class "jump" / "run" (alternating), score 0.9 - 0.1 i, at [i, i + 1] s."""
+
+    classes = ["jump", "run"]
+
+    def videos(self) -> list[str]:
+        return ["v_cooking", "v_sports"]
+
+    def detect(self, video: str, score_threshold: float = 0.0, top_k: int | None = None) -> list[dict]:
+        found = [{"label": self.classes[i % 2], "score": np.float32(0.9 - 0.1 * i), "start": np.float64(i),
+                  "end": i + 1.0} for i in range(10) if 0.9 - 0.1 * i >= score_threshold]
+        return found[:top_k]
+
+    def duration_of(self, video: str) -> float:
+        return 12.5
+
+
+@pytest.fixture(scope="module")
+def detect_client():
+    with TestClient(create_app(FakeDetector()), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_detect_answers_and_refusals(detect_client):
+    reply = detect_client.post("/detect", json={"video": "v_sports", "score_threshold": 0.55, "top_k": 2})
+    assert reply.status_code == 200
+    assert reply.json() == {"detections": [{"label": "jump", "score": pytest.approx(0.9), "start": 0.0, "end": 1.0},
+                                           {"label": "run", "score": pytest.approx(0.8), "start": 1.0, "end": 2.0}]}
+    assert len(detect_client.post("/detect", json={"video": "v_sports"}).json()["detections"]) == 10
+    for body, status, text in [
+            ({"video": "nope"}, 404, "unknown video 'nope': GET /videos lists the 2 videos"),
+            ({"video": "v_sports", "score_threshold": 1.5}, 422, "'score_threshold' must be a number from 0 to 1, got 1.5"),
+            ({"video": "v_sports", "score_threshold": "0.5"}, 422, 'got "0.5"'),
+            ({"video": "v_sports", "score_threshold": True}, 422, "got true"),
+            ({"video": "v_sports", "top_k": 0}, 422, "'top_k' must be an integer from 1 to 1000, got 0"),
+            ({"video": "v_sports", "query": "a dog"}, 422,
+             "unknown field(s) 'query'; the fields are video, score_threshold, top_k"),
+            (b"{", 400, "the body is not valid JSON")]:
+        response = post(detect_client, body, "/detect")
+        assert response.status_code == status and text in response.json()["error"], (body, response.text)
+    wrong = detect_client.post("/query", json=GOOD)
+    assert wrong.status_code == 404 and wrong.json()["error"].startswith(
+        "/query is not served here: this server holds a detection checkpoint: POST /detect")
+    health = detect_client.get("/health").json()
+    assert health["task"] == "detection" and health["classes"] == ["jump", "run"]
+    assert detect_client.get("/videos/v_sports").json() == {"video": "v_sports", "duration": 12.5, "file": False}
+    paths = detect_client.get("/openapi.json").json()["paths"]
+    assert "/detect" in paths and "/query" not in paths
+
+
+def test_video_files_are_matched_by_stem_and_stay_under_the_folder(tmp_path):
+    from tal.web.videos import VideoFiles
+
+    root = tmp_path / "videos"
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "v_cooking.mp4").write_bytes(b"cooking")
+    (root / "deep" / "er" / "v_sports.webm").write_bytes(b"sports")
+    (root / "other.mp4").write_bytes(b"not an id")
+    (tmp_path / "secret.mp4").write_bytes(b"outside")
+    (root / "v_link.mp4").symlink_to(tmp_path / "secret.mp4")
+    files = VideoFiles.from_folder(root, ["v_cooking", "v_sports", "v_none"])
+    assert files.files == {"v_cooking": (root / "v_cooking.mp4").resolve(),
+                           "v_sports": (root / "deep" / "er" / "v_sports.webm").resolve()}
+    with pytest.raises(TalInputError, match="the video file of 'v_link' is not under"):
+        VideoFiles.from_folder(root, ["v_link"])
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"v_cooking": "other.mp4"}))
+    assert VideoFiles.from_folder(root, [], mapping).files == {"v_cooking": (root / "other.mp4").resolve()}
+    for escape in ("../secret.mp4", str(tmp_path / "secret.mp4")):
+        mapping.write_text(json.dumps({"v_cooking": escape}))
+        with pytest.raises(TalInputError, match="is not under"):
+            VideoFiles.from_folder(root, [], mapping)
+    mapping.write_text("[1, 2]")
+    with pytest.raises(TalInputError, match="expected a JSON object"):
+        VideoFiles.from_folder(root, [], mapping)
+
+
+def test_video_file_route_serves_only_mapped_ids(tmp_path):
+    from tal.web.videos import VideoFiles
+
+    (tmp_path / "v_cooking.mp4").write_bytes(bytes(range(256)) * 40)
+    files = VideoFiles.from_folder(tmp_path, ["v_cooking"])
+    with TestClient(create_app(FakeRetriever(), video_files=files)) as client:
+        assert client.get("/videos/v_cooking").json() == {"video": "v_cooking", "duration": None, "file": True}
+        part = client.get("/videos/v_cooking/file", headers={"Range": "bytes=5000-5009"})
+        assert part.status_code == 206 and part.content == (bytes(range(256)) * 40)[5000:5010]
+        missing = client.get("/videos/v_sports/file")
+        assert missing.status_code == 404 and missing.json()["error"].startswith("no video file for 'v_sports'")
+        for bad in ("/videos/..%2Fv_cooking.mp4/file", "/videos/%2Fetc%2Fpasswd/file", "/videos/v_cooking.mp4/file"):
+            refused = client.get(bad)
+            assert refused.status_code == 404 and refused.json()["error"].startswith("unknown video"), bad

@@ -340,3 +340,39 @@ def test_detect_endpoint_answers_as_the_detector(detection_server):
     assert wrong.status_code == 404 and "POST /detect" in wrong.json()["error"]
     assert httpx.get(f"{detection_server.url}/videos/{video}").json() == {
         "video": video, "duration": detector.duration_of(video), "file": True}
+
+
+def test_tal_serve_cli_with_a_detection_checkpoint_and_videos(demo, tmp_path):
+    """`tal serve` in a subprocess: the checkpoint's task picks /detect; --videos (a mapping file here) plays."""
+    import signal
+    import subprocess
+    import sys
+
+    mapping = tmp_path / "map.json"
+    video = "syn_0003"
+    relative = next((demo / "videos").rglob(f"{video}.mp4")).relative_to(demo / "videos")
+    mapping.write_text(json.dumps({video: str(relative)}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tal", "serve", "--checkpoint", str(demo / "detection" / "checkpoint_best.pt"),
+         "--features", str(demo / "features.h5"), "--videos", str(demo / "videos"), "--video-map", str(mapping),
+         "--port", "0", "--device", "cpu", "--threads", "1", "--log-level", "warning"],
+        stderr=subprocess.PIPE, text=True, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        lines = []
+        while not lines or "listening on" not in lines[-1]:
+            line = proc.stderr.readline()
+            assert line, f"tal serve exited with {proc.wait()}: {''.join(lines)}"
+            lines.append(line)
+        assert "12 videos; 1 video file; listening on" in lines[-1]
+        url = lines[-1].split("listening on ")[1].split()[0]
+        assert httpx.get(url + "/health").json()["task"] == "detection"
+        assert httpx.get(f"{url}/videos/{video}/file").content == (demo / "videos" / relative).read_bytes()
+        assert httpx.get(f"{url}/videos/syn_0004").json()["file"] is False
+        assert httpx.post(url + "/detect", json={"video": video, "top_k": 3}).status_code == 200
+        assert "<title>tal</title>" in httpx.get(url + "/").text
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

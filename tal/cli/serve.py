@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tal.cli.common import add_device, add_threads, add_weights, apply_threads, device_of
+from tal.cli.common import add_device, add_threads, add_weights, apply_threads, count, device_of
 
 EPILOG = """\
 endpoints:
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tal serve: loading {args.checkpoint} with {args.features} on {device}", file=sys.stderr)
         model = load_predictor(args.checkpoint, features=args.features, device=device, weights=args.weights)
         options = _app_options(args, model.videos())
-        shown = f"; {len(options['video_files'])} video files" if args.videos else ""
+        shown = f"; {count(len(options['video_files']), 'video file')}" if args.videos else ""
         print(f"tal serve: {len(model.videos())} videos{shown}; listening on {server_url(sock)} "
               f"(docs at /docs); Ctrl-C stops", file=sys.stderr, flush=True)
         run_server(model, log_level=args.log_level, sock=sock, **options)
