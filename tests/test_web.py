@@ -115,7 +115,7 @@ def open_video(page, server, video: str) -> None:
     page.get_by_role("button", name=video, exact=True).click()
     page.wait_for_function("document.getElementById('video-title').textContent === %s" % json.dumps(video))
     # Chromium decodes the file (H.264 from PyAV's libx264): the first frame is on screen
-    page.wait_for_function("document.getElementById('player').hidden || document.getElementById('player').readyState >= 2")
+    page.wait_for_function("!document.getElementById('no-file').hidden || document.getElementById('player').readyState >= 2")
 
 
 def player_time(page) -> float:
@@ -259,7 +259,7 @@ def test_upload_from_the_page_then_search_it(page, grounding_server, tmp_path):
     shot(page, "upload_progress")
     page.wait_for_function("document.getElementById('upload-status').textContent === 'my_clip is ready.'",
                            timeout=120_000)
-    assert page.inner_text("#video-title") == "my_clip"
+    page.wait_for_function("document.getElementById('video-title').textContent === 'my_clip'")  # selected next
     assert "my_clip" in httpx.get(grounding_server.url + "/videos").json()["videos"]
     page.fill("#sentence", "a ball bounces")
     page.press("#sentence", "Enter")
