@@ -102,31 +102,27 @@ async function selectVideo(video) {
 async function search(event) {
   event.preventDefault();
   if (!state.video) return;
-  show("error", "");
-  show("warning", "");
   const topK = Number($("top-k").value);
-  try {
-    const answer = await postJson("/query", { video: state.video, query: $("sentence").value,
-                                              top_k: Number.isInteger(topK) ? topK : $("top-k").value });
-    state.results = answer.moments.map((m, i) => ({ ...m, lane: `#${i + 1}`, colour: COLOURS[0] }));
-    show("warning", (answer.warnings || []).join(" "));
-  } catch (error) {
-    state.results = [];
-    show("error", error.message);
-  }
-  state.selected = -1;
-  drawTimeline();
-  renderResults();
+  await ask("/query", { video: state.video, query: $("sentence").value,
+                        top_k: Number.isInteger(topK) ? topK : $("top-k").value },
+            (answer) => answer.moments.map((m, i) => ({ ...m, lane: `#${i + 1}`, colour: COLOURS[0] })));
 }
 
-async function detect() {
+function detect() {  // every detection once; the threshold slider filters them on the page
+  return ask("/detect", { video: state.video, score_threshold: 0, top_k: 1000 }, (answer) => answer.detections.map((d) => {
+    const label = d.label === null ? "proposal" : d.label;
+    const index = Math.max(0, state.classes.indexOf(label));
+    return { ...d, lane: label, colour: COLOURS[index % COLOURS.length] };
+  }));
+}
+
+async function ask(path, payload, toResults) {  // draw the API's answer, or show its refusal and its warnings
+  show("error", "");
+  show("warning", "");
   try {
-    const answer = await postJson("/detect", { video: state.video, score_threshold: 0, top_k: 1000 });
-    state.results = answer.detections.map((d) => {
-      const label = d.label === null ? "proposal" : d.label;
-      const index = Math.max(0, state.classes.indexOf(label));
-      return { ...d, lane: label, colour: COLOURS[index % COLOURS.length] };
-    });
+    const answer = await postJson(path, payload);
+    state.results = toResults(answer);
+    show("warning", (answer.warnings || []).join(" "));
   } catch (error) {
     state.results = [];
     show("error", error.message);
