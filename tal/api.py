@@ -99,7 +99,7 @@ class _Predictor:
         if not self.can_extract():
             raise TalInputError(f"{self.checkpoint} was trained on features with no extractor "
                                 f"({self.settings.get('backbone')!r}); give a feature cache instead of a video file")
-        fps = self.settings.get("fps")
+        fps = self.settings.get("extract_fps", self.settings.get("fps"))
         return ExtractSettings(backbone=str(self.settings["backbone"]),
                                weights=inference_weights(self.settings, self.weights, self.checkpoint),
                                fps=None if fps in (None, "native") else float(fps),
