@@ -560,3 +560,18 @@ def test_video_file_route_serves_only_mapped_ids(tmp_path):
         for bad in ("/videos/..%2Fv_cooking.mp4/file", "/videos/%2Fetc%2Fpasswd/file", "/videos/v_cooking.mp4/file"):
             refused = client.get(bad)
             assert refused.status_code == 404 and refused.json()["error"].startswith("unknown video"), bad
+
+
+def test_every_static_file_is_package_data():
+    """A non-editable install carries the page: setup.cfg's [options.package_data] globs cover tal/web/static."""
+    import configparser
+    import fnmatch
+
+    from tal.web import STATIC
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    globs = [g.strip() for g in config["options.package_data"]["tal.web"].split(",")]
+    files = [p.relative_to(STATIC.parent).as_posix() for p in STATIC.iterdir()]
+    assert {"static/index.html", "static/app.js", "static/app.css", "static/docs.html"} <= set(files)
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []

@@ -293,6 +293,23 @@ def restarted_with_the_upload_folder(server) -> None:
         assert client.post("/query", json=body).json() == httpx.post(server.url + "/query", json=body).json()
 
 
+def test_docs_page_lists_every_operation_offline(page, grounding_server):
+    """/docs is drawn by tal's own script from /openapi.json: no request leaves the server."""
+    hosts = set()
+    page.on("request", lambda request: hosts.add(urlsplit(request.url).netloc))
+    page.goto(grounding_server.url + "/docs")
+    spec = httpx.get(grounding_server.url + "/openapi.json").json()
+    operations = [(method.upper(), path) for path, methods in spec["paths"].items() for method in methods]
+    assert ("POST", "/uploads") in operations and ("POST", "/query") in operations
+    page.wait_for_selector(f".endpoint >> nth={len(operations) - 1}")
+    titles = page.locator(".endpoint h2").all_inner_texts()
+    assert [tuple(title.split(maxsplit=1)) for title in titles] == operations
+    query = page.locator(".endpoint").nth(operations.index(("POST", "/query"))).inner_text()
+    assert "at most 512 characters" in query and ">= 1, <= 100, default 5" in query
+    assert hosts == {urlsplit(grounding_server.url).netloc}
+    shot(page, "docs")
+
+
 # --- the routes behind it, with the real models ----------------------------------------------------------------
 
 def test_range_request_seeks_into_the_middle_of_a_video(grounding_server, demo, validation_queries):

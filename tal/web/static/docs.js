@@ -18,8 +18,9 @@ function rules(schema) {
   const parts = [];
   if (schema.minimum !== undefined) parts.push(`>= ${schema.minimum}`);
   if (schema.maximum !== undefined) parts.push(`<= ${schema.maximum}`);
-  if (schema.minLength !== undefined) parts.push(`at least ${schema.minLength} characters`);
-  if (schema.maxLength !== undefined) parts.push(`at most ${schema.maxLength} characters`);
+  const characters = (n) => `${n} character${n === 1 ? "" : "s"}`;
+  if (schema.minLength !== undefined) parts.push(`at least ${characters(schema.minLength)}`);
+  if (schema.maxLength !== undefined) parts.push(`at most ${characters(schema.maxLength)}`);
   if (schema.default !== undefined) parts.push(`default ${JSON.stringify(schema.default)}`);
   return parts.join(", ");
 }
@@ -59,7 +60,7 @@ async function start() {
       const badge = document.createElement("span");
       badge.className = `method ${method}`;
       badge.textContent = method.toUpperCase();
-      title.append(badge, path);
+      title.append(badge, " ", path);
       box.append(title);
       const params = (operation.parameters || []).map((p) => `${p.name} (${p.in}${p.required ? ", required" : ""})`);
       if (params.length) box.append(section("Parameters", document.createTextNode(params.join(", "))));
