@@ -187,8 +187,8 @@ const MAX_ROWS_PER_CLASS = 4;
 function laneRows(shown) {
   // Grounding: one row per ranked moment. Detection: one lane per class, its detections packed into
   // rows so that they do not hide each other (at most MAX_ROWS_PER_CLASS; the rest share the last row).
+  if (!shown.length) return [{ name: "", results: [] }];  // an empty lane keeps the timeline's height
   if (state.task !== "detection") return shown.map((r) => ({ name: r.lane, results: [r] }));
-  if (!shown.length) return [{ name: "", results: [] }];
   const byClass = new Map();
   shown.forEach((r) => byClass.set(r.lane, [...(byClass.get(r.lane) || []), r]));
   const order = [...byClass.keys()].sort((a, b) => state.classes.indexOf(a) - state.classes.indexOf(b));
