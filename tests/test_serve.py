@@ -575,3 +575,16 @@ def test_every_static_file_is_package_data():
     files = [p.relative_to(STATIC.parent).as_posix() for p in STATIC.iterdir()]
     assert {"static/index.html", "static/app.js", "static/app.css", "static/docs.html"} <= set(files)
     assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+
+
+def test_uploads_need_a_checkpoint_whose_features_a_backbone_makes(tmp_path):
+    class SyntheticFeatures(FakeRetriever):
+        checkpoint, settings = "x.pt", {"backbone": "synthetic_grounding"}
+
+        def can_extract(self) -> bool:
+            return False
+
+    with pytest.raises(TalInputError, match="--uploads needs a checkpoint whose features came from a tal backbone; "
+                                            "x.pt was trained on 'synthetic_grounding' features"):
+        create_app(SyntheticFeatures(), uploads_folder=tmp_path / "uploads")
+    assert not (tmp_path / "uploads").exists()

@@ -86,6 +86,10 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"tal serve: loading {args.checkpoint} with {args.features} on {device}", file=sys.stderr)
         model = load_predictor(args.checkpoint, features=args.features, device=device, weights=args.weights)
+        if args.uploads:
+            from tal.web.uploads import check_extractable
+
+            check_extractable(model)  # before "listening on"
         options = _app_options(args, model.videos())
         shown = f"; {count(len(options['video_files']), 'video file')}" if args.videos else ""
         print(f"tal serve: {len(model.videos())} videos{shown}; listening on {server_url(sock)} "

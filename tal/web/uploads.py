@@ -43,9 +43,7 @@ class Uploads:
 
     def __init__(self, model, folder: str | Path, limits: UploadLimits, model_lock: threading.Lock,
                  on_ready: Callable[[str, Path], None]):
-        if not model.can_extract():
-            raise TalInputError(f"uploads need a checkpoint whose features came from a tal backbone; "
-                                f"{model.checkpoint} was trained on {model.settings.get('backbone')!r} features")
+        check_extractable(model)
         self.model, self.limits, self.model_lock, self.on_ready = model, limits, model_lock, on_ready
         self.folder = Path(folder).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -137,6 +135,13 @@ class Uploads:
             for video in self.model.add_features(out):
                 self.on_ready(video, path)
         job.state, job.progress = "done", 1.0
+
+
+def check_extractable(model) -> None:
+    """Refuse (TalInputError) a model whose features no tal backbone can make for a new video."""
+    if not model.can_extract():
+        raise TalInputError(f"--uploads needs a checkpoint whose features came from a tal backbone; "
+                            f"{model.checkpoint} was trained on {model.settings.get('backbone')!r} features")
 
 
 def expected_clips(path: Path, settings) -> int:
