@@ -5,7 +5,7 @@ const COLOURS = ["#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989
                  "#57606a", "#4b8b3b"];
 const MAX_LISTED = 200;
 const $ = (id) => document.getElementById(id);
-const state = { task: null, classes: [], videos: [], video: null, duration: 0, results: [], selected: -1 };
+const state = { task: null, classes: [], videos: [], video: null, duration: 0, results: [], selected: -1, cursor: 0 };
 
 async function api(path, options) {
   const response = await fetch(path, options);
@@ -73,6 +73,7 @@ async function selectVideo(video) {
   state.video = video;
   state.results = [];
   state.selected = -1;
+  state.cursor = 0;
   renderVideoList();
   show("error", "");
   show("warning", "");
