@@ -74,11 +74,53 @@ class _Predictor:
         self._cache_path = Path(cache) if cache is not None else None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._extracted: FeatureCache | None = None
+        self._added: dict[str, FeatureCache] = {}  # video id -> a cache given to add_features
         self._clip_cache: dict[str, tuple[torch.Tensor, float]] = {}
 
     def videos(self) -> list[str]:
-        """Video ids of the feature cache given at load time."""
-        return list(self.features.videos) if self.features is not None else []
+        """Video ids of the feature cache given at load time, then those of `add_features`."""
+        return (list(self.features.videos) if self.features is not None else []) + list(self._added)
+
+    def duration_of(self, video: str | Path) -> float:
+        """Duration (s) of a cached id or video file, as the feature cache records it (a cached id's
+        features are not read)."""
+        for cache in (self.features, self._added.get(str(video))):
+            if cache is not None and str(video) in cache:
+                return float(cache.meta(str(video)).duration)
+        return float(self._features_of(video)[1].duration)
+
+    def can_extract(self) -> bool:
+        """Whether video files can be answered: the checkpoint's features came from a tal backbone."""
+        backbone = self.settings.get("backbone")
+        return bool(backbone) and not str(backbone).startswith("synthetic")
+
+    def extract_settings(self) -> Any:
+        """The `ExtractSettings` that reproduce the features the head was trained on (one process)."""
+        from tal.features.extract import ExtractSettings
+        from tal.features.weights import inference_weights
+
+        if not self.can_extract():
+            raise TalInputError(f"{self.checkpoint} was trained on features with no extractor "
+                                f"({self.settings.get('backbone')!r}); give a feature cache instead of a video file")
+        fps = self.settings.get("extract_fps", self.settings.get("fps"))
+        return ExtractSettings(backbone=str(self.settings["backbone"]),
+                               weights=inference_weights(self.settings, self.weights, self.checkpoint),
+                               fps=None if fps in (None, "native") else float(fps),
+                               window=self.settings.get("window"), stride=self.settings.get("stride"),
+                               workers=0, device=str(self.device))
+
+    def add_features(self, path: str | Path) -> list[str]:
+        """Make the videos of another feature cache answerable by id (e.g. an uploaded video's); returns
+        their ids. The cache must hold features made with the recorded settings; known ids are refused."""
+        cache = open_feature_cache(path)
+        check_feature_settings(self.settings, cache, self.checkpoint)
+        taken = sorted(set(cache.videos) & set(self.videos()))
+        if taken:
+            cache.close()
+            raise TalInputError(f"{path}: video id(s) {', '.join(map(repr, taken[:3]))} are already answered for")
+        for vid in cache.videos:
+            self._added[vid] = cache
+        return list(cache.videos)
 
     def _features_of(self, video: str | Path) -> tuple[Any, Any]:
         """(features [T, D], FeatureMeta) of a video file (extracted on first use, again when the file changed)
@@ -91,6 +133,9 @@ class _Predictor:
         if self.features is not None and str(video) in self.features:
             vid = str(video)
             return self.features.features(vid), self.features.meta(vid)
+        if str(video) in self._added:
+            cache = self._added[str(video)]
+            return cache.features(str(video)), cache.meta(str(video))
         if self.features is None:
             raise TalInputError(f"{video}: no such video file")
         known = ", ".join(self.videos()[:3])
@@ -98,12 +143,11 @@ class _Predictor:
                             f"{' (e.g. ' + known + ')' if known else ''}, nor a video file")
 
     def _extract(self, path: Path) -> FeatureCache:
-        from tal.features.extract import ExtractSettings, VideoJob, extract_features, source_changed
-        from tal.features.weights import inference_weights
+        from dataclasses import replace
 
-        if not self.settings.get("backbone") or str(self.settings["backbone"]).startswith("synthetic"):
-            raise TalInputError(f"{self.checkpoint} was trained on features with no extractor "
-                                f"({self.settings.get('backbone')!r}); give a feature cache instead of a video file")
+        from tal.features.extract import VideoJob, extract_features, source_changed
+
+        settings = replace(self.extract_settings(), overwrite=True)  # a changed file is extracted again
         vid = _video_key(path)
         if self._extracted is not None and vid in self._extracted and not source_changed(
                 self._extracted.source(vid), str(path)):
@@ -113,12 +157,6 @@ class _Predictor:
             out = Path(self._tmp.name) / "features.h5"
         else:
             out = self._cache_path
-        fps = self.settings.get("extract_fps", self.settings.get("fps"))
-        settings = ExtractSettings(backbone=str(self.settings["backbone"]),
-                                   weights=inference_weights(self.settings, self.weights, self.checkpoint),
-                                   fps=None if fps in (None, "native") else float(fps),
-                                   window=self.settings.get("window"), stride=self.settings.get("stride"),
-                                   workers=0, device=str(self.device), overwrite=True)
         result = extract_features([VideoJob(vid, str(path))], out, settings, progress=self.progress)
         if result.failures:
             raise TalInputError(f"{path}: feature extraction failed: {result.failures[0]['reason']}")
@@ -253,6 +291,12 @@ class ActionDetector(_Predictor):
                for (a, b), s, c in zip(segments, scores, labels) if b > a and s >= score_threshold]
         return out[:top_k] if top_k else out
 
-    def duration_of(self, video: str | Path) -> float:
-        """Duration (s) of a cached id or video file, as the feature cache records it."""
-        return float(self._features_of(video)[1].duration)
+
+def load_predictor(checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
+                   weights: str | None = None) -> MomentRetriever | ActionDetector:
+    """The MomentRetriever or ActionDetector that a checkpoint's task calls for (`tal serve` takes either)."""
+    from tal.engine.checkpoint import load_checkpoint
+    from tal.tasks.base import task_name
+
+    kind = MomentRetriever if task_name(load_checkpoint(checkpoint)["config"]) == "grounding" else ActionDetector
+    return kind.from_checkpoint(checkpoint, features=features, device=device, weights=weights)

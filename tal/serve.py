@@ -1,15 +1,21 @@
-"""The HTTP query API: `POST /query`, `GET /videos`, `GET /health` over a moment retriever.
+"""The HTTP API of `tal serve` and tal's web page over it, for a moment retriever or an action detector.
 
 `POST /query {"video": vid, "query": str, "top_k": int}` answers `{"moments": [{"start", "end", "score"}]}`
-(seconds, best first). Every bad request gets a 4xx `{"error": reason}`: unknown video 404, malformed JSON
-400, a body that breaks the rules below 422, an oversized body 413. Request parsing runs concurrently on
-the event loop; model calls run in the thread pool, one at a time under a lock, since torch modules are
-not safe to call from several threads at once. A retriever with `query_batch` (MomentRetriever) gets
-the queries that arrived while the model was busy all at once (micro-batching, `_Batcher`).
+(seconds, best first), plus `"warnings": [str]` when the answer needs a caveat; a detector answers
+`POST /detect {"video", "score_threshold", "top_k"}` with `{"detections": [{"label", "score", "start",
+"end"}]}`. `GET /` is the page (tal/web/static), `GET /videos/{id}` a video's duration and whether its file
+plays, `GET /videos/{id}/file` the file (range requests; looked up by id in `VideoFiles`, never a path from
+the request), `POST /uploads?name=F` a new video (`tal.web.uploads`). Every bad request gets a 4xx
+`{"error": reason}`: unknown video 404, malformed JSON 400, a body that breaks the rules below 422, an
+oversized body 413. Request parsing runs concurrently on the event loop; model calls run in the thread
+pool, one at a time under a lock, since torch modules are not safe to call from several threads at once. A
+retriever with `query_batch` (MomentRetriever) gets the queries that arrived while the model was busy all
+at once (micro-batching, `_Batcher`).
 
 The retriever is anything with `videos() -> list[str]` and `query(video, sentence, top_k) -> list[dict]`
 (`tal.api.MomentRetriever`), raising `TalInputError` for input it rejects; optionally
-`query_batch([(video, sentence, top_k), ...]) -> [moments or TalInputError, ...]`.
+`query_batch([(video, sentence, top_k), ...]) -> [moments or TalInputError, ...]`. A detector has
+`videos()`, `classes` and `detect(video, score_threshold, top_k)` (`tal.api.ActionDetector`).
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`) at runtime.
 import json
@@ -25,8 +31,13 @@ from tal.errors import TalInputError
 MAX_QUERY_CHARS = 512
 MAX_TOP_K = 100
 DEFAULT_TOP_K = 5
+MAX_DETECTIONS = 1000
+DEFAULT_DETECTIONS = 100
 MAX_BODY_BYTES = 16 * 1024
 QUERY_KEYS = ("video", "query", "top_k")
+DETECT_KEYS = ("video", "score_threshold", "top_k")
+QUERY_EXAMPLE = '{"video": "<id>", "query": "<sentence>", "top_k": 5}'
+DETECT_EXAMPLE = '{"video": "<id>", "score_threshold": 0.1, "top_k": 100}'
 _WORD = re.compile(r"[^\W_]")  # a letter or digit, in any script
 
 
@@ -55,42 +66,71 @@ def check_dependencies() -> None:
                             "pip install 'tal[serve]'") from None
 
 
-def parse_query(body: bytes, videos: frozenset[str]) -> tuple[str, str, int]:
+def parse_query(body: bytes, videos) -> tuple[str, str, int]:
     """Validate a `POST /query` body; returns (video, sentence stripped, top_k) or raises `RequestError`."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, [[[[...]]]]
-        raise RequestError(400, f"the body is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}); send "
-                                '{"video": "<id>", "query": "<sentence>", "top_k": 5}') from None
-    if not isinstance(payload, dict):
-        raise RequestError(422, f"the body must be a JSON object, got {_json_type(payload)}")
-    unknown = sorted(set(payload) - set(QUERY_KEYS))
-    if unknown:
-        raise RequestError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; "
-                                f"the fields are {', '.join(QUERY_KEYS)}")
-    for key in ("video", "query"):
-        if key not in payload:
-            raise RequestError(422, f"missing field {key!r} (a string)")
-        if not isinstance(payload[key], str):
-            raise RequestError(422, f"{key!r} must be a string, got {_json_type(payload[key])}")
-        try:
-            payload[key].encode("utf-8")
-        except UnicodeEncodeError:
-            raise RequestError(422, f"{key!r} holds an unpaired surrogate escape: it is not valid Unicode") from None
-    video, sentence = payload["video"], payload["query"].strip()
-    top_k = payload.get("top_k", DEFAULT_TOP_K)
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-        raise RequestError(422, f"'top_k' must be an integer from 1 to {MAX_TOP_K}, got {json.dumps(top_k)}")
+    payload = _json_object(body, QUERY_KEYS, QUERY_EXAMPLE)
+    video, sentence = _string(payload, "video"), _string(payload, "query").strip()
+    top_k = _integer(payload, "top_k", DEFAULT_TOP_K, MAX_TOP_K)
     if not sentence:
         raise RequestError(422, "'query' is empty: send a sentence describing the moment")
     if len(sentence) > MAX_QUERY_CHARS:
         raise RequestError(422, f"'query' has {len(sentence)} characters; the limit is {MAX_QUERY_CHARS}")
     if not _WORD.search(sentence):
         raise RequestError(422, f"'query' {sentence!r} has no word in it: send a sentence describing the moment")
+    return _known(video, videos), sentence, top_k
+
+
+def parse_detect(body: bytes, videos) -> tuple[str, float, int]:
+    """Validate a `POST /detect` body; returns (video, score_threshold, top_k) or raises `RequestError`."""
+    payload = _json_object(body, DETECT_KEYS, DETECT_EXAMPLE)
+    video = _string(payload, "video")
+    threshold = payload.get("score_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 <= threshold <= 1.0:
+        raise RequestError(422, f"'score_threshold' must be a number from 0 to 1, got {json.dumps(threshold)}")
+    top_k = _integer(payload, "top_k", DEFAULT_DETECTIONS, MAX_DETECTIONS)
+    return _known(video, videos), float(threshold), top_k
+
+
+def _json_object(body: bytes, keys: tuple[str, ...], example: str) -> dict:
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5000-digit number, [[[[...]]]]
+        raise RequestError(400, f"the body is not valid JSON ({type(exc).__name__}: {str(exc)[:200]}); send "
+                                f"{example}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, f"the body must be a JSON object, got {_json_type(payload)}")
+    unknown = sorted(set(payload) - set(keys))
+    if unknown:
+        raise RequestError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                                f"the fields are {', '.join(keys)}")
+    return payload
+
+
+def _string(payload: dict, key: str) -> str:
+    if key not in payload:
+        raise RequestError(422, f"missing field {key!r} (a string)")
+    value = payload[key]
+    if not isinstance(value, str):
+        raise RequestError(422, f"{key!r} must be a string, got {_json_type(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RequestError(422, f"{key!r} holds an unpaired surrogate escape: it is not valid Unicode") from None
+    return value
+
+
+def _integer(payload: dict, key: str, default: int, high: int) -> int:
+    value = payload.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise RequestError(422, f"{key!r} must be an integer from 1 to {high}, got {json.dumps(value)}")
+    return value
+
+
+def _known(video: str, videos) -> str:
     if video not in videos:
         raise RequestError(404, f"unknown video {video[:100]!r}: GET /videos lists the {len(videos)} "
                                 "videos this server answers for")
-    return video, sentence, top_k
+    return video
 
 
 def _json_type(value: Any) -> str:
@@ -99,26 +139,46 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def create_app(retriever: Retriever):
-    """A FastAPI app answering moment queries with `retriever` (its video list is read once, here)."""
+class Catalog:
+    """The video ids a server answers for, in order; uploads add to it while it serves."""
+
+    def __init__(self, ids: list[str]):
+        self.ids = [str(v) for v in ids]
+        self._known = set(self.ids)
+
+    def add(self, video: str) -> None:
+        if video not in self._known:
+            self.ids.append(video)
+            self._known.add(video)
+
+    def __contains__(self, video: str) -> bool:
+        return video in self._known
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def create_app(model, video_files=None, uploads_folder=None, upload_limits=None):
+    """A FastAPI app answering with `model`, a retriever (`POST /query`) or a detector (`POST /detect`), and
+    serving tal's web page. video_files: a `tal.web.videos.VideoFiles` the page plays; uploads_folder
+    (with `tal.web.uploads.UploadLimits`): where `POST /uploads` keeps new videos (None: no uploads)."""
     check_dependencies()
     from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
 
-    video_ids = [str(v) for v in retriever.videos()]
-    videos = frozenset(video_ids)
+    from tal.web import routes, schema
+    from tal.web.videos import VideoFiles
+
+    detector = hasattr(model, "detect")
+    catalog = Catalog(model.videos())
+    files = video_files if video_files is not None else VideoFiles()
     model_lock = threading.Lock()
-    app = FastAPI(title="tal moment retrieval", version=__version__,
-                  description="Find the moments of a video that a sentence describes.")
-
-    def run_query(video: str, sentence: str, top_k: int) -> list[dict]:
-        with model_lock:
-            moments = retriever.query(video, sentence, top_k)
-        return _plain(moments)
-
-    batcher = _Batcher(retriever, model_lock) if hasattr(retriever, "query_batch") else None
+    app = FastAPI(title="tal " + ("action detection" if detector else "moment retrieval"), version=__version__,
+                  description="Find where things happen in long videos. GET / is the web page over this API.",
+                  docs_url=None, redoc_url=None)
 
     @app.exception_handler(RequestError)
     async def _request_error(request, exc: RequestError):
@@ -128,41 +188,129 @@ def create_app(retriever: Retriever):
     async def _http_error(request, exc: HTTPException):  # unknown route, wrong method
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):  # a declared parameter (e.g. ?name=)
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "path"))
+        return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
     @app.exception_handler(Exception)
     async def _internal_error(request, exc: Exception):  # a bug, not the client's fault; uvicorn logs it
         return JSONResponse({"error": f"internal error ({type(exc).__name__}); see the server log"}, status_code=500)
 
-    @app.get("/health")
+    uploads = None
+    if uploads_folder is not None:
+        from tal.web.uploads import UploadLimits, Uploads
+
+        def ready(video: str, path) -> None:
+            files.add(video, path)
+            catalog.add(video)
+
+        uploads = Uploads(model, uploads_folder, upload_limits or UploadLimits(), model_lock, ready)
+        files.add_root(uploads.folder)
+        uploads.restore()
+
+    @app.get("/health", response_model=schema.Health)
     async def health():
-        return {"status": "ok", "num_videos": len(video_ids), "version": __version__}
+        info = {"status": "ok", "num_videos": len(catalog), "version": __version__,
+                "task": "detection" if detector else "grounding"}
+        if detector:
+            info["classes"] = list(model.classes)
+        if uploads is not None:
+            info["uploads"] = uploads.limits.to_json()
+        return JSONResponse(info)
 
-    @app.get("/videos")
+    @app.get("/videos", response_model=schema.VideoList)
     async def list_videos():
-        return {"videos": video_ids}
+        return JSONResponse({"videos": catalog.ids})
 
-    @app.post("/query", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "example": {"video": video_ids[0] if video_ids else "vid", "query": "a person opens a door", "top_k": 5}}}}})
-    async def query(request: Request):
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY_BYTES:
-                raise RequestError(413, f"the body is over {MAX_BODY_BYTES} bytes; a query is a few hundred")
-        video, sentence, top_k = parse_query(bytes(body), videos)
-        try:
-            if batcher is not None:
-                moments = await batcher.submit(video, sentence, top_k)
-            else:
-                moments = await run_in_threadpool(run_query, video, sentence, top_k)
-        except TalInputError as exc:
-            raise RequestError(422, str(exc)) from None
-        return JSONResponse({"moments": moments})  # plain floats already: skips FastAPI's response encoding
+    example_video = catalog.ids[0] if catalog.ids else "vid"
+    if detector:
+        def run_detect(video: str, threshold: float, top_k: int) -> dict:
+            with model_lock:
+                found = model.detect(video, threshold, top_k)
+            return {"detections": [{"label": d["label"], "score": float(d["score"]), "start": float(d["start"]),
+                                    "end": float(d["end"])} for d in found]}
 
+        @app.post("/detect", response_model=schema.DetectAnswer, responses=schema.ERRORS,
+                  openapi_extra=_body_schema(schema.DetectRequest, {"video": example_video, "score_threshold": 0.1,
+                                                                    "top_k": 20}))
+        async def detect(request: Request):
+            video, threshold, top_k = parse_detect(await _body(request), catalog)
+            try:
+                return JSONResponse(await run_in_threadpool(run_detect, video, threshold, top_k))
+            except TalInputError as exc:
+                raise RequestError(422, str(exc)) from None
+
+        _other_task(app, "/query", "a detection checkpoint: POST /detect " + DETECT_EXAMPLE)
+    else:
+        def run_query(video: str, sentence: str, top_k: int) -> dict:
+            with model_lock:
+                moments = model.query(video, sentence, top_k)
+            return _answer(moments)
+
+        batcher = _Batcher(model, model_lock) if hasattr(model, "query_batch") else None
+
+        @app.post("/query", response_model=schema.QueryAnswer, responses=schema.ERRORS,
+                  openapi_extra=_body_schema(schema.QueryRequest, {"video": example_video,
+                                                                   "query": "a person opens a door", "top_k": 5}))
+        async def query(request: Request):
+            video, sentence, top_k = parse_query(await _body(request), catalog)
+            try:
+                if batcher is not None:
+                    answer = await batcher.submit(video, sentence, top_k)
+                else:
+                    answer = await run_in_threadpool(run_query, video, sentence, top_k)
+            except TalInputError as exc:
+                raise RequestError(422, str(exc)) from None
+            return JSONResponse(answer)  # plain floats already: skips FastAPI's response encoding
+
+        _other_task(app, "/detect", "a grounding checkpoint: POST /query " + QUERY_EXAMPLE)
+
+    def duration_of(video: str):
+        if not hasattr(model, "duration_of"):
+            return None
+        with model_lock:
+            return model.duration_of(video)
+
+    routes.add_video_routes(app, catalog, files, duration_of)
+    if uploads is not None:
+        routes.add_upload_routes(app, uploads, catalog)
+    routes.add_page_routes(app)
     return app
 
 
-def _plain(moments: list[dict]) -> list[dict]:
-    return [{"start": float(m["start"]), "end": float(m["end"]), "score": float(m["score"])} for m in moments]
+async def _body(request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it passes `limit` bytes."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"the body is over {limit} bytes; a query is a few hundred")
+    return bytes(body)
+
+
+def _body_schema(model, example: dict) -> dict:
+    """OpenAPI for a JSON body the endpoint parses itself (see tal.web.schema)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": model.model_json_schema(), "example": example}}}}
+
+
+def _other_task(app, path: str, holds: str) -> None:
+    """`path` of the other task answers 404 saying what this server does serve."""
+    @app.post(path, include_in_schema=False)
+    async def other():
+        raise RequestError(404, f"{path} is not served here: this server holds {holds}")
+
+
+def _answer(moments) -> dict:
+    """The JSON answer to a query: plain floats, and the retriever's warnings when there are any."""
+    answer: dict = {"moments": [{"start": float(m["start"]), "end": float(m["end"]), "score": float(m["score"])}
+                                for m in moments]}
+    warnings = getattr(moments, "warnings", None)
+    if warnings:
+        answer["warnings"] = list(warnings)
+    return answer
 
 
 class _Batcher:
@@ -175,7 +323,7 @@ class _Batcher:
         self.pending: list = []
         self.running = False
 
-    async def submit(self, video: str, sentence: str, top_k: int) -> list[dict]:
+    async def submit(self, video: str, sentence: str, top_k: int) -> dict:
         import asyncio
 
         future = asyncio.get_running_loop().create_future()
@@ -201,7 +349,7 @@ class _Batcher:
                     if isinstance(result, Exception):
                         future.set_exception(result)
                     else:
-                        future.set_result(_plain(result))
+                        future.set_result(_answer(result))
         finally:
             self.running = False
 
@@ -236,19 +384,20 @@ def server_url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _uvicorn_server(retriever: Retriever, log_level: str, **config):
+def _uvicorn_server(model, log_level: str, app_options: dict | None = None, **config):
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(create_app(retriever), log_level=log_level, **config))
+    return uvicorn.Server(uvicorn.Config(create_app(model, **(app_options or {})), log_level=log_level, **config))
 
 
-def run_server(retriever: Retriever, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
-               sock: socket.socket | None = None) -> None:
-    """Serve `retriever` over HTTP until interrupted (Ctrl-C / SIGTERM), on `sock` if given (see `bind_socket`)."""
+def run_server(model, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+               sock: socket.socket | None = None, **app_options) -> None:
+    """Serve `model` over HTTP until interrupted (Ctrl-C / SIGTERM), on `sock` if given (see `bind_socket`);
+    app_options go to `create_app` (video_files, uploads_folder, upload_limits)."""
     check_dependencies()
     sock = sock or bind_socket(host, port)
     try:
-        _uvicorn_server(retriever, log_level).run(sockets=[sock])
+        _uvicorn_server(model, log_level, app_options).run(sockets=[sock])
     finally:
         sock.close()
 
@@ -260,9 +409,9 @@ class BackgroundServer:
         httpx.get(server.url + "/health")
     """
 
-    def __init__(self, retriever: Retriever, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
+    def __init__(self, model, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", **app_options):
         check_dependencies()
-        self._server = _uvicorn_server(retriever, log_level, log_config=None)  # leave the host's logging alone
+        self._server = _uvicorn_server(model, log_level, app_options, log_config=None)  # leave the host's logging
         self._sock = bind_socket(host, port)
         self.host, self.port = host, self._sock.getsockname()[1]
         self.url = server_url(self._sock)

@@ -148,7 +148,8 @@ def app_client():
 def test_health_and_videos(client):
     from tal import __version__
 
-    assert client.get("/health").json() == {"status": "ok", "num_videos": 2, "version": __version__}
+    assert client.get("/health").json() == {"status": "ok", "num_videos": 2, "version": __version__,
+                                            "task": "grounding"}
     response = client.get("/videos")
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     assert response.json() == {"videos": ["v_cooking", "v_sports"]}
@@ -273,10 +274,51 @@ def test_model_bug_is_a_json_500_and_the_app_survives(app_client):
 
 
 def test_openapi_documents_the_endpoints(app_client):
-    paths = app_client.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/query", "/videos", "/health"}
-    example = paths["/query"]["post"]["requestBody"]["content"]["application/json"]["example"]
-    assert example["video"] == "v_cooking"
+    spec = app_client.get("/openapi.json").json()
+    paths = spec["paths"]
+    assert set(paths) == {"/query", "/videos", "/health", "/videos/{video}", "/videos/{video}/file"}
+    body = paths["/query"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["example"]["video"] == "v_cooking"
+    assert body["schema"]["required"] == ["video", "query"] and body["schema"]["additionalProperties"] is False
+    assert body["schema"]["properties"]["top_k"] | {"description": ""} == {
+        "type": "integer", "minimum": 1, "maximum": 100, "default": 5, "title": "Top K", "description": ""}
+    responses = paths["/query"]["post"]["responses"]
+    assert responses["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/QueryAnswer"}
+    for status in ("400", "404", "413", "422"):
+        assert responses[status]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorAnswer"}, status
+    answer = spec["components"]["schemas"]["QueryAnswer"]["properties"]
+    assert set(answer) == {"moments", "warnings"}
+
+
+def test_declared_schema_accepts_what_the_parser_accepts():
+    """tal.web.schema.QueryRequest (documentation) and parse_query (the hot path) agree on every case."""
+    from pydantic import ValidationError
+
+    from tal.serve import RequestError, parse_query
+    from tal.web.schema import QueryRequest
+
+    videos = frozenset(FakeRetriever().videos())
+    field_errors = [(name, body) for name, body, status, _ in BAD_REQUESTS
+                    if status == 422 and name not in ("refused-by-model", "lone-surrogate", "blank-query")]
+    assert len(field_errors) >= 15
+    for name, body in field_errors:
+        with pytest.raises(RequestError):
+            parse_query(json.dumps(body).encode(), videos)
+        with pytest.raises(ValidationError):
+            QueryRequest.model_validate_json(json.dumps(body))
+            pytest.fail(f"the schema accepts {name}")
+    for body in (GOOD, {"video": "v_sports", "query": "a" * 512}, {**GOOD, "top_k": 100}):
+        parse_query(json.dumps(body).encode(), videos)
+        QueryRequest.model_validate_json(json.dumps(body))
+
+
+def test_docs_page_is_served_without_other_hosts(app_client):
+    page = app_client.get("/docs")
+    assert page.status_code == 200 and "/static/docs.js" in page.text
+    for asset in ("/static/docs.js", "/static/app.css", "/static/docs.css"):
+        assert app_client.get(asset).status_code == 200, asset
+    assert "http" not in page.text.replace("http-equiv", "")  # every script and style from this server
 
 
 def test_missing_fastapi_names_the_extra(monkeypatch):
@@ -322,6 +364,7 @@ class MomentRetriever(FakeRetriever):
         print("loaded", checkpoint, features, device, file=sys.stderr, flush=True)
         return cls()
 api.MomentRetriever = MomentRetriever
+api.load_predictor = MomentRetriever.from_checkpoint
 sys.modules["tal.api"] = api
 from tal.cli.main import main
 sys.exit(main(sys.argv[1:]))
@@ -405,3 +448,143 @@ def test_waiting_queries_are_answered_in_one_batch():
     assert sum(retriever.batch_sizes) == 48
     assert max(retriever.batch_sizes) > 1 and len(retriever.batch_sizes) < 48
     assert retriever.max_active == 1  # batches never overlap
+
+
+# --- warnings, /detect, video files ----------------------------------------------------------------------------
+
+class WarningRetriever(FakeRetriever):
+    """Answers as FakeRetriever, as `tal.api.Moments` with a warning for the sentence "zebras juggle"."""
+
+    def query(self, video: str, sentence: str, top_k: int = 5):
+        from tal.api import Moments
+
+        moments = super().query(video, sentence, top_k)
+        return Moments(moments, ["no known word"] if sentence == "zebras juggle" else [])
+
+
+def test_answers_carry_the_retrievers_warnings():
+    with TestClient(create_app(WarningRetriever())) as client:
+        warned = client.post("/query", json={"video": "v_sports", "query": "zebras juggle", "top_k": 1}).json()
+        assert warned == {"moments": [{"start": 0.0, "end": 2.0, "score": 1.0}], "warnings": ["no known word"]}
+        assert client.post("/query", json=GOOD).json() == {"moments": GOOD_MOMENTS}  # no empty list
+
+
+class FakeDetector:
+    """Detections i = 0..9 of class "jump" / "run" (alternating), score 0.9 - 0.1 i, at [i, i + 1] s."""
+
+    classes = ["jump", "run"]
+
+    def videos(self) -> list[str]:
+        return ["v_cooking", "v_sports"]
+
+    def detect(self, video: str, score_threshold: float = 0.0, top_k: int | None = None) -> list[dict]:
+        found = [{"label": self.classes[i % 2], "score": np.float32(0.9 - 0.1 * i), "start": np.float64(i),
+                  "end": i + 1.0} for i in range(10) if 0.9 - 0.1 * i >= score_threshold]
+        return found[:top_k]
+
+    def duration_of(self, video: str) -> float:
+        return 12.5
+
+
+@pytest.fixture(scope="module")
+def detect_client():
+    with TestClient(create_app(FakeDetector()), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_detect_answers_and_refusals(detect_client):
+    reply = detect_client.post("/detect", json={"video": "v_sports", "score_threshold": 0.55, "top_k": 2})
+    assert reply.status_code == 200
+    assert reply.json() == {"detections": [{"label": "jump", "score": pytest.approx(0.9), "start": 0.0, "end": 1.0},
+                                           {"label": "run", "score": pytest.approx(0.8), "start": 1.0, "end": 2.0}]}
+    assert len(detect_client.post("/detect", json={"video": "v_sports"}).json()["detections"]) == 10
+    for body, status, text in [
+            ({"video": "nope"}, 404, "unknown video 'nope': GET /videos lists the 2 videos"),
+            ({"video": "v_sports", "score_threshold": 1.5}, 422, "'score_threshold' must be a number from 0 to 1, got 1.5"),
+            ({"video": "v_sports", "score_threshold": "0.5"}, 422, 'got "0.5"'),
+            ({"video": "v_sports", "score_threshold": True}, 422, "got true"),
+            ({"video": "v_sports", "top_k": 0}, 422, "'top_k' must be an integer from 1 to 1000, got 0"),
+            ({"video": "v_sports", "query": "a dog"}, 422,
+             "unknown field(s) 'query'; the fields are video, score_threshold, top_k"),
+            (b"{", 400, "the body is not valid JSON")]:
+        response = post(detect_client, body, "/detect")
+        assert response.status_code == status and text in response.json()["error"], (body, response.text)
+    wrong = detect_client.post("/query", json=GOOD)
+    assert wrong.status_code == 404 and wrong.json()["error"].startswith(
+        "/query is not served here: this server holds a detection checkpoint: POST /detect")
+    health = detect_client.get("/health").json()
+    assert health["task"] == "detection" and health["classes"] == ["jump", "run"]
+    assert detect_client.get("/videos/v_sports").json() == {"video": "v_sports", "duration": 12.5, "file": False}
+    paths = detect_client.get("/openapi.json").json()["paths"]
+    assert "/detect" in paths and "/query" not in paths
+
+
+def test_video_files_are_matched_by_stem_and_stay_under_the_folder(tmp_path):
+    from tal.web.videos import VideoFiles
+
+    root = tmp_path / "videos"
+    (root / "deep" / "er").mkdir(parents=True)
+    (root / "v_cooking.mp4").write_bytes(b"cooking")
+    (root / "deep" / "er" / "v_sports.webm").write_bytes(b"sports")
+    (root / "other.mp4").write_bytes(b"not an id")
+    (tmp_path / "secret.mp4").write_bytes(b"outside")
+    (root / "v_link.mp4").symlink_to(tmp_path / "secret.mp4")
+    files = VideoFiles.from_folder(root, ["v_cooking", "v_sports", "v_none"])
+    assert files.files == {"v_cooking": (root / "v_cooking.mp4").resolve(),
+                           "v_sports": (root / "deep" / "er" / "v_sports.webm").resolve()}
+    with pytest.raises(TalInputError, match="the video file of 'v_link' is not under"):
+        VideoFiles.from_folder(root, ["v_link"])
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"v_cooking": "other.mp4"}))
+    assert VideoFiles.from_folder(root, [], mapping).files == {"v_cooking": (root / "other.mp4").resolve()}
+    for escape in ("../secret.mp4", str(tmp_path / "secret.mp4")):
+        mapping.write_text(json.dumps({"v_cooking": escape}))
+        with pytest.raises(TalInputError, match="is not under"):
+            VideoFiles.from_folder(root, [], mapping)
+    mapping.write_text("[1, 2]")
+    with pytest.raises(TalInputError, match="expected a JSON object"):
+        VideoFiles.from_folder(root, [], mapping)
+
+
+def test_video_file_route_serves_only_mapped_ids(tmp_path):
+    from tal.web.videos import VideoFiles
+
+    (tmp_path / "v_cooking.mp4").write_bytes(bytes(range(256)) * 40)
+    files = VideoFiles.from_folder(tmp_path, ["v_cooking"])
+    with TestClient(create_app(FakeRetriever(), video_files=files)) as client:
+        assert client.get("/videos/v_cooking").json() == {"video": "v_cooking", "duration": None, "file": True}
+        part = client.get("/videos/v_cooking/file", headers={"Range": "bytes=5000-5009"})
+        assert part.status_code == 206 and part.content == (bytes(range(256)) * 40)[5000:5010]
+        missing = client.get("/videos/v_sports/file")
+        assert missing.status_code == 404 and missing.json()["error"].startswith("no video file for 'v_sports'")
+        for bad in ("/videos/..%2Fv_cooking.mp4/file", "/videos/%2Fetc%2Fpasswd/file", "/videos/v_cooking.mp4/file"):
+            refused = client.get(bad)
+            assert refused.status_code == 404 and refused.json()["error"].startswith("unknown video"), bad
+
+
+def test_every_static_file_is_package_data():
+    """A non-editable install carries the page: setup.cfg's [options.package_data] globs cover tal/web/static."""
+    import configparser
+    import fnmatch
+
+    from tal.web import STATIC
+
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    globs = [g.strip() for g in config["options.package_data"]["tal.web"].split(",")]
+    files = [p.relative_to(STATIC.parent).as_posix() for p in STATIC.iterdir()]
+    assert {"static/index.html", "static/app.js", "static/app.css", "static/docs.html"} <= set(files)
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+
+
+def test_uploads_need_a_checkpoint_whose_features_a_backbone_makes(tmp_path):
+    class SyntheticFeatures(FakeRetriever):
+        checkpoint, settings = "x.pt", {"backbone": "synthetic_grounding"}
+
+        def can_extract(self) -> bool:
+            return False
+
+    with pytest.raises(TalInputError, match="--uploads needs a checkpoint whose features came from a tal backbone; "
+                                            "x.pt was trained on 'synthetic_grounding' features"):
+        create_app(SyntheticFeatures(), uploads_folder=tmp_path / "uploads")
+    assert not (tmp_path / "uploads").exists()

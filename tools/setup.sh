@@ -15,3 +15,14 @@ echo "[setup] installing tal with its test, serve and text extras" >&2
 .venv/bin/pip install -q -e ".[test,serve,text]"
 # decord is optional: it has no wheel on some platforms, and PyAV covers decoding.
 .venv/bin/pip install -q "decord>=0.6" 2>/dev/null || echo "[setup] decord unavailable; using PyAV" >&2
+# The browser tests (tests/test_web.py) drive Debian's Chromium with playwright (the test extra); playwright's
+# own browser download is not used. Installed here when missing and we may (root with apt-get).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing chromium for the browser tests (apt-get)" >&2
+    apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+      || echo "[setup] apt-get install chromium failed: tests/test_web.py will fail until it is installed" >&2
+  else
+    echo "[setup] no /usr/bin/chromium and not root: install chromium (or set TAL_CHROMIUM) for tests/test_web.py" >&2
+  fi
+fi

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -260,10 +260,11 @@ def failures_path(out: Path) -> Path:
 
 
 def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSettings,
-                     progress: bool | None = None) -> ExtractResult:
+                     progress: bool | None = None, on_clips: Callable[[int], None] | None = None) -> ExtractResult:
     """Extract every job into `out` (resuming from a previous run), sharded over torchrun ranks.
 
     progress: the bar on stderr; None shows it only when stderr is a terminal (never in log files).
+    on_clips: called with the number of clips run through the backbone so far (e.g. a web page's bar).
 
     Bad videos are reported (stderr and `OUT.h5.failures.jsonl`) and never stop the others.
     """
@@ -312,7 +313,7 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
             num_skipped = sum(job.video_id in done for job in jobs)
             fail_log = writer.parts / f"failures.rank{dist.rank}.jsonl"
             local_failures = _run(mine, backbone, writer, fail_log, fps, window, stride, decoder, settings,
-                                  progress if dist.rank == 0 else False)
+                                  progress if dist.rank == 0 else False, on_clips)
             totals = torch.tensor([len(local_failures), len(mine)], dtype=torch.int64)
             if dist.active:
                 torch.distributed.all_reduce(totals)  # also a barrier: every rank's parts are written
@@ -365,8 +366,10 @@ def decode_size(spec) -> int | None:
 
 
 def _run(jobs: list[VideoJob], backbone, writer, fail_log: Path, fps, window, stride, decoder,
-         settings: ExtractSettings, progress: bool | None) -> list[dict]:
-    """Extract `jobs` into parts; returns this process's failures (also appended to `fail_log`).
+         settings: ExtractSettings, progress: bool | None,
+         on_clips: Callable[[int], None] | None = None) -> list[dict]:
+    """Extract `jobs` into parts; returns this process's failures (also appended to `fail_log`);
+    `on_clips` is called with the number of clips run through the backbone so far.
 
     A decoding worker that dies (killed, out of memory, a crash in FFmpeg) does not stop the run: the
     videos it may have held are decoded again one at a time in a fresh worker, and a video whose worker
@@ -400,6 +403,8 @@ def _run(jobs: list[VideoJob], backbone, writer, fail_log: Path, fps, window, st
                 clips["count"] += len(payload)
                 bar.set_postfix(clips=clips["count"],
                                 clips_per_s=f"{clips['count'] / (time.perf_counter() - clips['start']):.2f}")
+                if on_clips is not None:
+                    on_clips(clips["count"])
                 continue
             chunks = pending.pop(job.video_id, [])
             if kind == "end":
