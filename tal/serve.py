@@ -19,6 +19,7 @@ The retriever is anything with `videos() -> list[str]` and `query(video, sentenc
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (`Request`) at runtime.
 import json
+import logging
 import re
 import socket
 import threading
@@ -165,9 +166,10 @@ def create_app(model, video_files=None, uploads_folder=None, upload_limits=None)
     check_dependencies()
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     from tal.web import routes, schema
     from tal.web.videos import VideoFiles
@@ -193,6 +195,11 @@ def create_app(model, video_files=None, uploads_folder=None, upload_limits=None)
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "path"))
         return JSONResponse({"error": f"{where}: {first.get('msg', 'invalid')}"}, status_code=422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request, exc: ClientDisconnect):  # nobody to answer: one log line, no traceback
+        logging.getLogger("tal.serve").info("client left during %s %s", request.method, request.url.path)
+        return Response(status_code=400)
 
     @app.exception_handler(Exception)
     async def _internal_error(request, exc: Exception):  # a bug, not the client's fault; uvicorn logs it

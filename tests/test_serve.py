@@ -588,3 +588,22 @@ def test_uploads_need_a_checkpoint_whose_features_a_backbone_makes(tmp_path):
                                             "x.pt was trained on 'synthetic_grounding' features"):
         create_app(SyntheticFeatures(), uploads_folder=tmp_path / "uploads")
     assert not (tmp_path / "uploads").exists()
+
+
+def test_a_client_leaving_mid_body_costs_one_log_line_not_a_traceback(server, client, caplog):
+    """Headers promise 100 kB, 10 bytes come, the socket closes: no traceback in the log; the server goes on."""
+    import logging
+    import socket as socket_module
+
+    with caplog.at_level(logging.INFO):
+        sock = socket_module.create_connection(("127.0.0.1", server.port))
+        sock.sendall(b"POST /query HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000\r\n\r\n{\"video\": ")
+        sock.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any("client left" in r.getMessage() for r in caplog.records):
+            time.sleep(0.02)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("client left during POST /query" in m for m in messages), messages
+    assert not any(r.exc_info for r in caplog.records) and not any("Traceback" in m for m in messages)
+    assert client.get("/health").status_code == 200
