@@ -127,8 +127,11 @@ def _write_cache(path: Path, member: str | None, dim: int, cache: Path, stamp: d
         (work / "words.txt").write_text("".join(w + "\n" for w in words), encoding="utf-8")
         (work / "source.json").write_text(json.dumps({**stamp, "count": len(words)}))
         if cache.exists():
-            shutil.rmtree(cache, ignore_errors=True)
-        os.replace(work, cache)
+            shutil.rmtree(cache, ignore_errors=True)  # stale: its source changed
+        try:
+            os.replace(work, cache)
+        except OSError:
+            pass  # another process put its cache in place first; the same source gives the same cache
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
