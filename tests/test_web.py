@@ -126,6 +126,8 @@ def player_time(page) -> float:
 
 def test_sentence_search_draws_moments_and_a_click_plays_one(page, grounding_server, validation_queries):
     query = validation_queries[0]
+    asked: list[tuple[str, str]] = []
+    page.on("request", lambda request: asked.append((urlsplit(request.url).netloc, urlsplit(request.url).path)))
     open_video(page, grounding_server, query["video"])
     page.wait_for_function("document.getElementById('player').readyState >= 1")  # the file's metadata loaded
     page.fill("#sentence", query["query"])
@@ -148,6 +150,10 @@ def test_sentence_search_draws_moments_and_a_click_plays_one(page, grounding_ser
     assert "selected" in page.locator("#results button").nth(1).get_attribute("class")
     page.evaluate("document.getElementById('player').pause()")
     shot(page, "grounding_playing")
+    video = query["video"]
+    api = {"/", "/health", "/videos", f"/videos/{video}", f"/videos/{video}/file", "/query"}
+    assert {host for host, _ in asked} == {urlsplit(grounding_server.url).netloc}  # nothing from other hosts
+    assert {path for _, path in asked if not path.startswith("/static/")} == api  # the JSON API and the file
 
 
 def test_a_bad_sentence_shows_the_api_message(page, grounding_server, validation_queries):
