@@ -316,6 +316,20 @@ def test_docs_page_lists_every_operation_offline(page, grounding_server):
     shot(page, "docs")
 
 
+def test_a_bad_upload_shows_the_servers_reason_on_the_page(page, grounding_server, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00not a video" * 100)
+    page.goto(grounding_server.url + "/")
+    page.wait_for_selector("#upload-form:not([hidden])")
+    page.set_input_files("#upload-file", str(broken))
+    page.click("#upload-form button")
+    page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('the uploaded file')")
+    assert page.inner_text("#upload-status").startswith("the uploaded file is not a video tal can read (")
+    assert page.locator("#upload-progress").is_hidden()
+    shot(page, "upload_refused")
+    assert httpx.get(grounding_server.url + "/health").json()["status"] == "ok"
+
+
 # --- the routes behind it, with the real models ----------------------------------------------------------------
 
 def test_range_request_seeks_into_the_middle_of_a_video(grounding_server, demo, validation_queries):
