@@ -126,6 +126,8 @@ def player_time(page) -> float:
 
 def test_sentence_search_draws_moments_and_a_click_plays_one(page, grounding_server, validation_queries):
     query = validation_queries[0]
+    asked: list[tuple[str, str]] = []
+    page.on("request", lambda request: asked.append((urlsplit(request.url).netloc, urlsplit(request.url).path)))
     open_video(page, grounding_server, query["video"])
     page.wait_for_function("document.getElementById('player').readyState >= 1")  # the file's metadata loaded
     page.fill("#sentence", query["query"])
@@ -148,6 +150,10 @@ def test_sentence_search_draws_moments_and_a_click_plays_one(page, grounding_ser
     assert "selected" in page.locator("#results button").nth(1).get_attribute("class")
     page.evaluate("document.getElementById('player').pause()")
     shot(page, "grounding_playing")
+    video = query["video"]
+    api = {"/", "/health", "/videos", f"/videos/{video}", f"/videos/{video}/file", "/query"}
+    assert {host for host, _ in asked} == {urlsplit(grounding_server.url).netloc}  # nothing from other hosts
+    assert {path for _, path in asked if not path.startswith("/static/")} == api  # the JSON API and the file
 
 
 def test_a_bad_sentence_shows_the_api_message(page, grounding_server, validation_queries):
@@ -308,6 +314,20 @@ def test_docs_page_lists_every_operation_offline(page, grounding_server):
     assert "at most 512 characters" in query and ">= 1, <= 100, default 5" in query
     assert hosts == {urlsplit(grounding_server.url).netloc}
     shot(page, "docs")
+
+
+def test_a_bad_upload_shows_the_servers_reason_on_the_page(page, grounding_server, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00not a video" * 100)
+    page.goto(grounding_server.url + "/")
+    page.wait_for_selector("#upload-form:not([hidden])")
+    page.set_input_files("#upload-file", str(broken))
+    page.click("#upload-form button")
+    page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('the uploaded file')")
+    assert page.inner_text("#upload-status").startswith("the uploaded file is not a video tal can read (")
+    assert page.locator("#upload-progress").is_hidden()
+    shot(page, "upload_refused")
+    assert httpx.get(grounding_server.url + "/health").json()["status"] == "ok"
 
 
 # --- the routes behind it, with the real models ----------------------------------------------------------------

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Callable
 
 from tal.errors import TalInputError
-from tal.features.extract import VIDEO_SUFFIXES
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -54,6 +53,8 @@ class Uploads:
 
     def restore(self) -> list[str]:
         """Make the videos uploaded before this start answerable again; returns their ids."""
+        from tal.features.extract import VIDEO_SUFFIXES
+
         restored = []
         for features in sorted(self.folder.glob("*.h5")):
             video_file = next((p for p in sorted(self.folder.glob(f"{glob_escape(features.stem)}.*"))
@@ -72,6 +73,8 @@ class Uploads:
     def reserve(self, filename: str, taken) -> tuple[str, str]:
         """(video id, file suffix) for an uploaded file's name: its stem made safe, made unique among `taken`
         and the other uploads; the id is held (state "receiving") until `start` or `drop`."""
+        from tal.features.extract import VIDEO_SUFFIXES
+
         name = Path(filename.replace("\\", "/")).name
         suffix = Path(name).suffix.lower()
         if suffix not in VIDEO_SUFFIXES:

@@ -11,7 +11,6 @@ import mimetypes
 from pathlib import Path
 
 from tal.errors import TalInputError
-from tal.features.extract import VIDEO_SUFFIXES
 
 MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska",
                ".mov": "video/quicktime", ".ogv": "video/ogg"}
@@ -40,6 +39,8 @@ class VideoFiles:
             raise TalInputError(f"--videos {root}: no such folder")
         if mapping is not None:
             return cls(root, _read_mapping(Path(mapping), root))
+        from tal.features.extract import VIDEO_SUFFIXES  # (torch: not imported by a server with no video folder)
+
         wanted = set(ids)
         found: dict[str, Path] = {}
         for path in sorted(root.rglob("*")):
