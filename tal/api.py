@@ -123,16 +123,17 @@ class _Predictor:
         return list(cache.videos)
 
     def _features_of(self, video: str | Path) -> tuple[Any, Any]:
-        """(features [T, D], FeatureMeta) of a video file (extracted on first use, again when the file changed)
-        or of a cached id."""
+        """(features [T, D], FeatureMeta) of a cached id, or of a video file (extracted on first use, again
+        when the file changed: also when its path is an id in the cache, which extracted files get)."""
         path = Path(video)
+        extracted_here = path.is_file() and str(video) == _video_key(path)  # an id tal gave an extracted file
+        if self.features is not None and str(video) in self.features and not extracted_here:
+            vid = str(video)
+            return self.features.features(vid), self.features.meta(vid)
         if path.is_file():
             cache = self._extract(path)
             vid = _video_key(path)
             return cache.features(vid), cache.meta(vid)
-        if self.features is not None and str(video) in self.features:
-            vid = str(video)
-            return self.features.features(vid), self.features.meta(vid)
         if str(video) in self._added:
             cache = self._added[str(video)]
             return cache.features(str(video)), cache.meta(str(video))
