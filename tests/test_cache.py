@@ -14,12 +14,12 @@ from tal.features.cache import (
     FeatureMeta,
     feature_times,
     h5_name,
-    inspect_feature_cache,
     open_feature_cache,
     part_stem,
     video_id,
     write_feature_cache,
 )
+from tal.features.cache_report import inspect_feature_cache
 
 META = {"fps": 30.0, "stride": 4, "window": 16, "duration": 2.0}
 ATTRS = {"backbone": "handcrafted", "weights": "none", "fps": "native", "window": 16, "stride": 4, "decoder": "pyav"}

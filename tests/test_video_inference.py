@@ -193,7 +193,7 @@ def test_a_weights_file_and_random_weights(walkthrough, tmp_path, capsys):
 def test_messages_that_point_the_right_way(walkthrough, tmp_path, capsys):
     """A missing file without a cache is 'no such file'; a cache of other settings says to leave it out."""
     assert main(["detect", "--checkpoint", str(walkthrough["detector"]), str(tmp_path / "missing.mp4")]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"missing.mp4: no such video file")
+    assert capsys.readouterr().err.strip().endswith("missing.mp4: no such video file")
     import numpy as np
 
     from tal.features.cache import write_feature_cache

@@ -80,7 +80,7 @@ def format_report(r: dict) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from tal.features.cache import inspect_feature_cache
+    from tal.features.cache_report import inspect_feature_cache
 
     report = inspect_feature_cache(args.file, check_values=not args.no_values, verify=args.verify)
     print(json.dumps(report, indent=2) if args.json else format_report(report))

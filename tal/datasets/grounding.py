@@ -5,12 +5,10 @@ its end to the video duration, and a query left with start >= end is dropped and
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np

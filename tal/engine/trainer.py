@@ -20,7 +20,6 @@ import math
 import os
 import random
 import sys
-import time
 from pathlib import Path
 from typing import Any
 

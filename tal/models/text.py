@@ -25,7 +25,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
