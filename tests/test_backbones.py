@@ -46,7 +46,7 @@ def random_clips(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def test_list_backbones_gives_the_published_specs():
     specs = {s.name: s for s in list_backbones()}
-    assert list(specs) == list(PUBLISHED)
+    assert list(specs)[:len(PUBLISHED)] == list(PUBLISHED)  # then I3D, C3D, CLIP (their own test files)
     for name, (dim, kind, size, window, fps, file) in PUBLISHED.items():
         spec = specs[name]
         assert (spec.feature_dim, spec.kind, spec.input_size, spec.default_window, spec.default_fps) == (
