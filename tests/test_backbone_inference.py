@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torchvision.models as models
 import torchvision.models.optical_flow as optical_flow
 
 import tal
@@ -28,11 +29,16 @@ def _i3d_two_stream(root: Path) -> str:
     return f"{_i3d_rgb(root)},{flow},{raft}"
 
 
+def _vgg16(root: Path) -> str:
+    return str(save_state(seeded_state(models.vgg16, 1), root / "vgg16-397923af.pth"))
+
+
 CASES = {
     "i3d_rgb": _i3d_rgb,
     "i3d_raft_small": _i3d_two_stream,
+    "vgg16": _vgg16,
 }
-SLOW = {"i3d_raft_small"}  # RAFT on the CPU: ~1 minute; the flow extraction itself is covered in test_i3d.py
+SLOW = {"i3d_raft_small", "vgg16"}  # 45-90 s on this CPU; their extraction is covered by their own test files
 
 
 @pytest.mark.parametrize("backbone", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
