@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torchvision.models as models
 import torchvision.models.optical_flow as optical_flow
 
 import tal
 from tal.cli.main import main
+from tal.features.backbones.c3d import C3D
 from tal.features.backbones.i3d_net import InceptionI3d
 
 from backbone_checks import extract, save_state, seeded_state, train_head, write_annotations
@@ -33,12 +35,23 @@ def _vgg16(root: Path) -> str:
     return str(save_state(seeded_state(models.vgg16, 1), root / "vgg16-397923af.pth"))
 
 
+def _c3d_pca(root: Path) -> str:
+    """The conversion's file and a 16-component PCA: inference must find both again."""
+    net = save_state(seeded_state(lambda: C3D("fc7"), 1), root / "c3d.pickle")
+    rng = np.random.default_rng(0)
+    pca = root / "pca.npz"
+    np.savez(pca, mean=rng.normal(size=4096).astype(np.float32),
+             components=np.linalg.qr(rng.normal(size=(4096, 16)))[0].T.astype(np.float32))
+    return f"{net},{pca}"
+
+
 CASES = {
     "i3d_rgb": _i3d_rgb,
     "i3d_raft_small": _i3d_two_stream,
     "vgg16": _vgg16,
+    "c3d": _c3d_pca,
 }
-SLOW = {"i3d_raft_small", "vgg16"}  # 45-90 s on this CPU; their extraction is covered by their own test files
+SLOW = {"i3d_raft_small", "vgg16", "c3d"}  # 45-90 s on this CPU; their extraction is covered by their own test files
 
 
 @pytest.mark.parametrize("backbone", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name

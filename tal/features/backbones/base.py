@@ -9,6 +9,7 @@ weights); third-party packages add entries through the `tal.backbones` entry-poi
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -196,6 +197,9 @@ def build_backbone(name: str, weights: str | None = None, device: str = "cpu") -
     spec = entry.spec()
     device = _check_device(device)
     model, preprocessor, loaded = entry.build(spec, weights)
+    dim = getattr(model, "feature_dim", spec.feature_dim)  # e.g. a PCA file's components
+    if dim != spec.feature_dim:
+        spec = dataclasses.replace(spec, feature_dim=int(dim))
     return Backbone(spec, model, preprocessor, loaded, device)
 
 
