@@ -82,7 +82,7 @@ def write_annotations(cache: Path, out: Path) -> tuple[Path, Path]:
 
 
 def train_head(kind: str, features: Path, detection: Path, grounding: Path, work: Path,
-               extra: tuple[str, ...] = ()) -> Path:
+               extra: tuple[str, ...] = (), head: str = "2dtan") -> Path:
     if kind == "detection":
         overrides = [f"dataset.features={features}", f"dataset.annotations={detection}",
                      "dataset.val_subset=training", "dataset.num_steps=64", "train.epochs=2", "train.batch_size=2",
@@ -91,6 +91,6 @@ def train_head(kind: str, features: Path, detection: Path, grounding: Path, work
     else:
         overrides = [f"dataset.features={features}", f"dataset.train={grounding}", f"dataset.test={grounding}",
                      "train.epochs=2", "train.batch_size=4", "eval.interval=1"]
-        config = REPO / "configs/synthetic/2dtan.yaml"
+        config = REPO / f"configs/synthetic/{head}.yaml"
     assert main(["train", str(config), "--work-dir", str(work), "--no-progress", "--set", *overrides, *extra]) == 0
     return work / "checkpoint_best.pt"

@@ -4,9 +4,11 @@ again with the recorded backbone and weights and answers as its cached features 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
+import open_clip
 import pytest
 import torchvision.models as models
 import torchvision.models.optical_flow as optical_flow
@@ -45,13 +47,23 @@ def _c3d_pca(root: Path) -> str:
     return f"{net},{pca}"
 
 
+def _clip(root: Path) -> str:
+    logging.disable(logging.WARNING)  # open_clip: "no pretrained weights loaded"
+    try:
+        return str(save_state(seeded_state(lambda: open_clip.create_model("ViT-B-32", force_quick_gelu=True), 1),
+                              root / "ViT-B-32.pt"))
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 CASES = {
     "i3d_rgb": _i3d_rgb,
     "i3d_raft_small": _i3d_two_stream,
     "vgg16": _vgg16,
     "c3d": _c3d_pca,
+    "clip": _clip,
 }
-SLOW = {"i3d_raft_small", "vgg16", "c3d"}  # 45-90 s on this CPU; their extraction is covered by their own test files
+SLOW = {"i3d_raft_small", "vgg16", "c3d", "clip"}  # 45-90 s on this CPU; their extraction is covered by their own test files
 
 
 @pytest.mark.parametrize("backbone", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name

@@ -263,11 +263,11 @@ class MiniLMSentenceEncoder(nn.Module):
 
 
 TEXT_KEYS = {"encoder", "word_vectors", "missing_words", "embed_dim", "hidden_dim", "num_layers",
-             "bidirectional", "min_count", "vocab"}
+             "bidirectional", "min_count", "vocab", "clip_model", "weights"}
 
 
 def build_text_encoder(cfg: dict, vocab: Vocabulary | list[str] | int | None = None) -> nn.Module:
-    """The sentence encoder named by `cfg["encoder"]` ("lstm", default, or "minilm").
+    """The sentence encoder named by `cfg["encoder"]` ("lstm", default, "minilm" or "clip": tal.models.clip_text).
 
     `vocab` (or `cfg["vocab"]`): a Vocabulary or its token list; an int (its size: the tokens come
     back with a checkpoint); None for an LSTM fed ready word vectors. `min_count` is read by whoever
@@ -282,8 +282,12 @@ def build_text_encoder(cfg: dict, vocab: Vocabulary | list[str] | int | None = N
     encoder = cfg.get("encoder", "lstm")
     if encoder == "minilm":
         return MiniLMSentenceEncoder()
+    if encoder == "clip":
+        from tal.models.clip_text import CLIPSentenceEncoder
+
+        return CLIPSentenceEncoder(cfg.get("clip_model", "ViT-B-32"), cfg.get("weights"))
     if encoder != "lstm":
-        raise TalInputError(f"model.text.encoder must be 'lstm' or 'minilm', got {encoder!r}")
+        raise TalInputError(f"model.text.encoder must be 'lstm', 'minilm' or 'clip', got {encoder!r}")
     return LSTMSentenceEncoder(vocab, embed_dim=cfg.get("embed_dim", 300), hidden_dim=cfg.get("hidden_dim", 512),
                                num_layers=cfg.get("num_layers", 3), bidirectional=cfg.get("bidirectional", False),
                                word_vectors=cfg.get("word_vectors"), missing_words=cfg.get("missing_words", "zeros"))
