@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tal.models.frozen_text import FrozenSentenceEncoder
 
-class CLIPSentenceEncoder(nn.Module):
+
+class CLIPSentenceEncoder(FrozenSentenceEncoder):
     """Sentences -> [B, 512] CLIP text embeddings (the projected end-of-text token, not normalised)."""
 
     def __init__(self, clip_model: str = "ViT-B-32", weights: str | None = None):
@@ -47,11 +49,3 @@ class CLIPSentenceEncoder(nn.Module):
         """[B, out_dim] float32 on the CPU."""
         network = self._encoder()
         return network.encode_text(self._tokenizer(list(sentences))).float().cpu()
-
-    def prepare(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        return {"sentence_vectors": self.encode(sentences)}
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        if "sentence_vectors" in batch:
-            return batch["sentence_vectors"]
-        return self.encode(batch["sentences"])

