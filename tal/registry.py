@@ -1,6 +1,13 @@
-"""Registries by name: a dict and a decorator, so a config's `name:` picks the class or builder."""
+"""Registries by name: a dict and a decorator, so a config's `name:` picks the class or builder.
+
+A registry may also read a Python entry-point group (`BACKBONES`: `tal.backbones`), so a package that
+declares `[options.entry_points] tal.backbones = NAME = module:OBJECT` adds a backbone without any edit
+of tal. Entry points are read once, on the first lookup; a broken one is a warning, not a crash.
+"""
 from __future__ import annotations
 
+import warnings
+from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from tal.errors import TalInputError
@@ -9,9 +16,26 @@ from tal.errors import TalInputError
 class Registry:
     """Maps names to builders (classes or functions); `build(section)` calls the one `section["name"]` names."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, entry_point_group: str | None = None):
         self.kind = kind
+        self.entry_point_group = entry_point_group
         self._builders: dict[str, Callable[..., Any]] = {}
+        self._plugins_read = entry_point_group is None
+
+    def _read_plugins(self) -> None:
+        if self._plugins_read:
+            return
+        self._plugins_read = True
+        for point in entry_points(group=self.entry_point_group):
+            if point.name in self._builders:
+                warnings.warn(f"{self.kind} {point.name!r} of entry point {point.value} is already registered; "
+                              f"ignored", stacklevel=3)
+                continue
+            try:
+                self._builders[point.name] = point.load()
+            except Exception as exc:  # a third-party package must not break tal
+                warnings.warn(f"{self.kind} {point.name!r}: entry point {point.value} failed to load "
+                              f"({type(exc).__name__}: {exc})", stacklevel=3)
 
     def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def add(builder: Callable[..., Any]) -> Callable[..., Any]:
@@ -23,6 +47,7 @@ class Registry:
         return add
 
     def get(self, name: str) -> Callable[..., Any]:
+        self._read_plugins()
         if name not in self._builders:
             known = ", ".join(sorted(self._builders)) or "none"
             raise TalInputError(f"unknown {self.kind} {name!r}; known: {known}")
@@ -35,14 +60,22 @@ class Registry:
         return self.get(section["name"])(section, **extra)
 
     def names(self) -> list[str]:
+        self._read_plugins()
         return sorted(self._builders)
 
+    def in_order(self) -> list[str]:
+        """Names in registration order (tal's own first, then entry points)."""
+        self._read_plugins()
+        return list(self._builders)
+
     def __contains__(self, name: str) -> bool:
+        self._read_plugins()
         return name in self._builders
 
 
 MODELS = Registry("model")
 TASKS = Registry("task")
+BACKBONES = Registry("backbone", entry_point_group="tal.backbones")
 
 
 REQUIRED_HINTS = {"input_dim": " (the feature dimension D)"}

@@ -39,3 +39,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    """Tests never download: a missing published weights file fails as it does offline."""
+    import urllib.error
+
+    from tal.features import download
+
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError(f"tests never download ({url})")
+
+    monkeypatch.setattr(download, "_urlopen", refuse)

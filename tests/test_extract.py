@@ -164,8 +164,10 @@ def test_usage_errors(sample_videos, tmp_path, capsys):
     assert "o.h5 was made with other settings (stride: 16 (existing) vs 8 (now))" in capsys.readouterr().err
     assert main(["extract-features", "--list-backbones"]) == 0
     listing = capsys.readouterr().out
-    assert listing.splitlines()[0].split() == ["name", "kind", "input", "dim", "window", "fps", "weights"]
-    assert any(line.split()[:4] == ["handcrafted", "descriptor", "64", str(DIM)] for line in listing.splitlines())
+    assert listing.splitlines()[0].split() == ["name", "kind", "input", "dim", "window", "stride", "fps", "weights",
+                                               "reproduces"]
+    assert any(line.split()[:7] == ["handcrafted", "descriptor", "64", str(DIM), "16", "16", "native"]
+               for line in listing.splitlines())
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(eight_videos, reference, tmp_path):

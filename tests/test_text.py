@@ -161,7 +161,7 @@ def test_build_text_encoder_reads_the_glove_file(tmp_path):
     assert torch.allclose(encoder.embedding(torch.tensor([7])), torch.tensor([[0.3, 0.4]]))
     with pytest.raises(TalInputError, match=r"unknown model.text key\(s\) \['glove'\]"):
         build_text_encoder({"glove": str(path)})
-    with pytest.raises(TalInputError, match="model.text.encoder must be 'lstm' or 'minilm', got 'bert'"):
+    with pytest.raises(TalInputError, match="model.text.encoder must be 'lstm', 'minilm' or 'clip', got 'bert'"):
         build_text_encoder({"encoder": "bert"})
 
 

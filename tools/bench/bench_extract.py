@@ -11,6 +11,13 @@
    peak of the summed RSS, and the sum of each process's kernel RSS high-water mark (VmHWM). The last
    two count torch's shared libraries once per process: forked workers share them with the main one.
 
+3. Per backbone (`--backbones i3d vgg16 c3d clip ...`): the same three figures for each, with random
+   weights, at its default window and fps, over a bounded number of clips (`--clips`, default 12 on
+   the sample videos and 8 on the 10-minute video: the stride is set so the windows spread over the
+   whole video). The whole long video is still decoded, so its peak memory includes decoding a
+   10-minute video; only the network runs fewer times. On this CPU a two-stream I3D clip takes about
+   a minute (RAFT on 15 frame pairs), so full-stride runs are GPU work.
+
 Run it under the heavy-job lock:
   flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_extract.py --json /work/scratch/bench/extract.json
 """
@@ -199,6 +206,56 @@ def peak_memory(video: Path, out: Path, backbone: str, weights: str | None, work
 
 
 # ----------------------------------------------------------------------------------------------
+# Per backbone
+
+
+def spread_stride(videos: list[Path], fps: float | None, window: int, clips: int) -> int:
+    """The stride that gives about `clips` windows over `videos` at `fps` (at least one window each)."""
+    from tal.features.decode import probe_video, resample_indices
+
+    frames = [len(resample_indices(info.num_frames, info.fps, fps)) for info in map(probe_video, videos)]
+    per_video = max(1, clips // len(videos))
+    return max(1, min((n - window) // max(per_video - 1, 1) for n in frames if n >= window))
+
+
+def bench_backbones(args: argparse.Namespace) -> list[dict]:
+    """clips/s end to end and decode-only, their ratio, and the 10-minute video's peak memory, per backbone."""
+    from tal.features.backbones import get_spec
+
+    rows = []
+    long_video = None if args.skip_memory else make_long_video(
+        args.scratch / f"long_{args.minutes:g}min_320x240_30fps.mp4", args.minutes)
+    for name in args.backbones:
+        spec = get_spec(name)
+        videos = sample_videos()
+        run = argparse.Namespace(**{**vars(args), "backbone": name, "weights": "random", "fps": None, "window": None,
+                                    "repeat": 1})
+        run.stride = spread_stride(videos, spec.default_fps, spec.default_window, args.clips)
+        row = {"backbone": name, "throughput": bench_throughput(run)}
+        # the network's rate does not depend on the stride, decoding's does: the ratio at the default stride
+        from tal.features.extract import decode_size, extraction_decoder
+
+        stride = spec.default_stride or spec.default_window
+        clips, seconds = decode_only(videos, spec.default_fps, spec.default_window, stride,
+                                     extraction_decoder(args.decoder), decode_size(spec))
+        row["default_stride"] = {"stride": stride, "decode_only_clips_per_s": clips / seconds,
+                                 "ratio": row["throughput"]["end_to_end_clips_per_s"] / (clips / seconds)}
+        if long_video is not None:
+            stride = spread_stride([long_video], spec.default_fps, spec.default_window, args.long_clips)
+            row["memory"] = peak_memory(long_video, args.scratch / f"memory_{name}.h5", name, "random", args.workers,
+                                        args.batch_size, args.decoder, ["--stride", str(stride)])
+        rows.append(row)
+        t, m = row["throughput"], row.get("memory")
+        memory = f"{m['peak_pss_mib']:.0f} MB PSS ({m['clips']} clips of the {args.minutes:g}-min video)" if m else "-"
+        d = row["default_stride"]
+        print(f"  {name:<20}{t['end_to_end_clips_per_s']:8.3f} clips/s  decode-only {t['decode_only_clips_per_s']:7.1f}"
+              f"  ratio {t['ratio_end_to_end_over_decode_only']:.4f}  ({t['clips']} clips, window {t['window']}, "
+              f"stride {t['stride']}); at the default stride {d['stride']}: decode-only "
+              f"{d['decode_only_clips_per_s']:.1f} clips/s, ratio {d['ratio']:.4f}; peak {memory}", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -216,8 +273,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch", type=Path, default=Path("/work/scratch/bench"), help="generated files go here")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("--backbones", nargs="+", metavar="NAME", help="per-backbone rows instead (see 3. above)")
+    parser.add_argument("--clips", type=int, default=12, help="--backbones: clips over the sample videos")
+    parser.add_argument("--long-clips", type=int, default=8, help="--backbones: clips over the 10-minute video")
     args = parser.parse_args(argv)
     args.scratch.mkdir(parents=True, exist_ok=True)
+    if args.backbones:
+        rows = bench_backbones(args)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({"load_average_at_start": os.getloadavg(), "backbones": rows}, indent=2))
+        return 0
 
     results: dict = {"load_average_at_start": os.getloadavg(), "cpus": os.cpu_count()}
     t = bench_throughput(args)
