@@ -104,7 +104,8 @@ def inference_weights(recorded: dict, override: str | None, checkpoint: str | Pa
         path = recorded.get("weights_path")
         if path and files_exist(path) and same_weights(recorded, {"weights_sha256": digest_of(path)}):
             return str(path)
-        where = f" (recorded at {path}, which is {'missing' if not path or not files_exist(path) else 'another file now'})"
+        state = "missing" if not path or not files_exist(path) else "another file now"
+        where = f" (recorded at {path}, which is {state})"
         raise TalInputError(f"{checkpoint}: its features were made with the backbone weights {describe(recorded)}"
                             f"{where if path else ''}; pass that file with --weights PATH (weights=PATH in Python)")
     return None  # published weights: the backbone finds them in the torch hub cache
