@@ -63,11 +63,12 @@ CASES = {
     "c3d": _c3d_pca,
     "clip": _clip,
 }
-SLOW = {"i3d_raft_small", "vgg16", "c3d", "clip"}  # 45-90 s on this CPU; their extraction is covered by their own test files
 
 
-@pytest.mark.parametrize("backbone", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
-                                      for name in CASES])
+# 40-90 s each on this CPU: video-file inference is covered fast by test_video_inference.py (r3d_18), the
+# several-file weights identity by test_backbone_registry.py, each extraction by its backbone's test file
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", list(CASES))
 def test_detect_and_query_a_video_file(backbone, sample_videos, tmp_path, capsys):
     videos = [p for p in sample_videos if p.stem in VIDEOS]
     weights = CASES[backbone](tmp_path / "weights")

@@ -160,3 +160,35 @@ def test_offline_message_names_url_file_and_folder(hub, monkeypatch):
         published_path("i3d_rgb", PublishedFile(url))
     assert str(caught.value) == (f"backbone i3d_rgb: weights {hub / 'rgb_imagenet.pt'} not cached and TAL_OFFLINE "
                                  f"is set; {expected_hint}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Several weight files (I3D two-stream + RAFT, C3D + PCA): one identity, found again at inference
+
+
+def test_several_files_have_one_order_free_digest_found_again_at_inference(tmp_path):
+    from tal.features.backbones import LoadedWeights, loaded_file
+    from tal.features.backbones.base import combine_loaded
+    from tal.features.weights import digest_of, inference_weights
+
+    a, b, c = (tmp_path / "rgb.pt", tmp_path / "flow.pt", tmp_path / "other.pt")
+    for path, payload in ((a, b"rgb"), (b, b"flow"), (c, b"other")):
+        path.write_bytes(payload)
+    hand = hashlib.sha256("\n".join(sorted(hashlib.sha256(p).hexdigest() for p in (b"rgb", b"flow"))).encode())
+    assert digest_of(f"{a},{b}") == digest_of(f"{b},{a}") == hand.hexdigest()
+    loaded = combine_loaded([loaded_file(a), loaded_file(b)])
+    assert loaded.id == f"file:rgb.pt+flow.pt#sha256:{hand.hexdigest()[:12]}" and loaded.sha256 == hand.hexdigest()
+    recorded = {"backbone": "i3d", **loaded.attrs()}
+    assert inference_weights(recorded, None, "ckpt.pt") == f"{a.resolve()},{b.resolve()}"  # the recorded files
+    assert inference_weights(recorded, f"{b},{a}", "ckpt.pt") == f"{b},{a}"  # any order
+    with pytest.raises(TalInputError, match=r"are not the weights the features of ckpt.pt were made with"):
+        inference_weights(recorded, f"{a},{c}", "ckpt.pt")
+    with pytest.raises(TalInputError, match=r"^--weights .*missing.pt: no such file$"):
+        inference_weights(recorded, f"{a},{tmp_path / 'missing.pt'}", "ckpt.pt")
+    b.unlink()
+    with pytest.raises(TalInputError, match=r"which is missing\); pass that file with --weights PATH"):
+        inference_weights(recorded, None, "ckpt.pt")
+    published = combine_loaded([LoadedWeights("i3d:rgb_imagenet.pt", "1" * 64, "/hub/rgb_imagenet.pt"),
+                                LoadedWeights("torchvision:Raft_Small_Weights.C_T_V2", "2" * 64, "/hub/raft.pth")])
+    assert published.id == "i3d:rgb_imagenet.pt+torchvision:Raft_Small_Weights.C_T_V2"
+    assert inference_weights({"backbone": "i3d", **published.attrs()}, None, "ckpt.pt") is None  # the hub cache

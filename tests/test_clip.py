@@ -18,9 +18,7 @@ from tal.features.backbones import Preprocessor, get_spec
 from tal.features.decode import iter_clips
 from tal.models.clip_text import CLIPSentenceEncoder
 
-from backbone_checks import (
-    TINY, assert_differ, check_timing, extract, save_state, train_head, write_annotations,
-)
+from backbone_checks import assert_differ, check_timing, extract, save_state, train_head, write_annotations
 
 DEFAULTS = {"fps": 0.5, "window": 1, "stride": 1}
 NOVEL = ("zebras juggle xylophones", "an astronaut repaints a lighthouse")  # no word of these is in training

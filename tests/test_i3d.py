@@ -132,3 +132,20 @@ def test_weights_of_the_wrong_role(files):
     with pytest.raises(TalInputError, match=r"raft_small_C_T_V2-01064c6d.pth: raft_small weights, but backbone "
                                             r"i3d uses rgb, flow, raft_large"):
         build_backbone("i3d", str(files["raft"]))
+
+
+def test_published_files_from_the_hub_cache(files, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    for key in ("rgb", "flow", "raft"):
+        (hub / files[key].name).write_bytes(files[key].read_bytes())
+    backbone = build_backbone("i3d_raft_small")
+    assert backbone.weights_id == "i3d:rgb_imagenet.pt+i3d:flow_imagenet.pt+torchvision:Raft_Small_Weights.C_T_V2"
+    assert backbone.weights.sha256 == digest_of(",".join(str(files[k]) for k in ("rgb", "flow", "raft")))
+    first = "Conv3d_1a_7x7.conv3d.weight"
+    assert torch.equal(backbone.model.flow_net.state_dict()[first], torch.load(files["flow"])[first])
+    (hub / files["flow"].name).unlink()
+    with pytest.raises(TalInputError, match=r"^backbone i3d_flow_raft_small: cannot download its weights .*put "
+                                            r"flow_imagenet.pt in .*checkpoints, or pass --weights PATH$"):
+        build_backbone("i3d_flow_raft_small")

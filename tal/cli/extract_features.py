@@ -73,9 +73,9 @@ def _list_backbones() -> int:
 
     rows = [("name", "kind", "input", "dim", "window", "stride", "fps", "weights", "reproduces")]
     for s in list_backbones():
+        fps = "native" if s.default_fps is None else f"{s.default_fps:g}"
         rows.append((s.name, s.kind, str(s.input_size), str(s.feature_dim), str(s.default_window),
-                     str(s.default_stride or s.default_window), "native" if s.default_fps is None else f"{s.default_fps:g}",
-                     s.weights, s.reproduces or "-"))
+                     str(s.default_stride or s.default_window), fps, s.weights, s.reproduces or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
