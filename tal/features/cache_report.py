@@ -69,25 +69,18 @@ def inspect_feature_cache(path: str | Path, check_values: bool = True, verify: b
     report.update(feature_dims=sorted(dims), dtypes=sorted(dtypes), fps=sorted(fps), stride=sorted(strides),
                   window=sorted(windows))
     missing_file_attrs = [k for k in ("backbone", "tal_version") if k not in attrs]
-    problems = []
-    if missing_file_attrs:
-        problems.append(f"file attributes missing: {', '.join(missing_file_attrs)}")
-    if missing_attrs:
-        problems.append(f"{len(missing_attrs)} videos lack fps/stride/window/duration attributes")
-    if not_datasets:
-        problems.append(f"{len(not_datasets)} root members are groups, not [T, D] datasets")
-    if bad_shape:
-        problems.append(f"{len(bad_shape)} datasets are not 2-D")
-    if len(dims) > 1:
-        problems.append(f"feature dimensions differ between videos: {sorted(dims)}")
-    if empty:
-        problems.append(f"{len(empty)} videos have zero features")
-    if nonfinite:
-        problems.append(f"{len(nonfinite)} videos contain NaN/Inf")
-    if unreadable:
-        problems.append(f"{len(unreadable)} videos cannot be read (truncated file)")
-    if damaged:
-        problems.append(f"{len(damaged)} videos have damaged data (checksum mismatch): re-extract them")
+    checks = [  # (found, what to say): the problems, in the order they are listed
+        (missing_file_attrs, f"file attributes missing: {', '.join(missing_file_attrs)}"),
+        (missing_attrs, f"{len(missing_attrs)} videos lack fps/stride/window/duration attributes"),
+        (not_datasets, f"{len(not_datasets)} root members are groups, not [T, D] datasets"),
+        (bad_shape, f"{len(bad_shape)} datasets are not 2-D"),
+        (len(dims) > 1, f"feature dimensions differ between videos: {sorted(dims)}"),
+        (empty, f"{len(empty)} videos have zero features"),
+        (nonfinite, f"{len(nonfinite)} videos contain NaN/Inf"),
+        (unreadable, f"{len(unreadable)} videos cannot be read (truncated file)"),
+        (damaged, f"{len(damaged)} videos have damaged data (checksum mismatch): re-extract them"),
+    ]
+    problems = [text for found, text in checks if found]
     report.update(
         values_checked=check_values, problems=problems, missing_file_attrs=missing_file_attrs,
         nonfinite_videos=sorted(nonfinite), empty_videos=sorted(empty), videos_missing_attrs=sorted(missing_attrs),
