@@ -152,7 +152,7 @@ def test_the_cli_reference_is_every_verbs_help_verbatim():
     """docs/cli.md is rendered from the parsers at build time; here each section is compared with what the
     installed `tal` prints, so the page equals `--help` for every verb and sub-verb."""
     reference = HOOKS.cli_reference_markdown()
-    sections = dict(re.findall(r"^## `([^`]+)`\n.*?```text\n(.*?)\n```", reference, re.S | re.M))
+    sections = dict(re.findall(r"^## `([^`]+)`\n\n```text\n(.*?)\n```", reference, re.S | re.M))
     commands = [command for command, _ in HOOKS.verb_parsers()]
     assert list(sections) == commands
     top = _help("tal")

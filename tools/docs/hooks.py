@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-HELP_COLUMNS = 100  # the width `--help` is rendered at, here and in the test that compares them
+HELP_COLUMNS = 80  # the width `--help` is rendered at, here and in the test that compares them
 CLI_MARKER = "<!-- tal:cli-reference -->"
 DOCSTRING_MARKER = re.compile(r"<!-- tal:docstring ([\w.]+) -->")
 OPTIONAL_PAGES = ("features.md", "performance.md")
@@ -51,7 +51,7 @@ def verb_parsers() -> list[tuple[str, argparse.ArgumentParser]]:
 
 
 def help_text(parser: argparse.ArgumentParser) -> str:
-    """`parser.format_help()` at HELP_COLUMNS columns, what `COLUMNS=100 tal ... --help` prints."""
+    """`parser.format_help()` at HELP_COLUMNS columns, what `COLUMNS=80 tal ... --help` prints."""
     before = os.environ.get("COLUMNS")
     os.environ["COLUMNS"] = str(HELP_COLUMNS)
     try:
@@ -67,11 +67,7 @@ def cli_reference_markdown() -> str:
     """The body of docs/cli.md: one section per command, its `--help` verbatim."""
     parts = []
     for command, parser in verb_parsers():
-        summary = ""
-        if command != "tal":
-            summary = (parser.description or "").strip()
-        parts.append(f"## `{command}`\n\n" + (f"{summary}\n\n" if summary else "")
-                     + f"```text\n{help_text(parser).rstrip()}\n```\n")
+        parts.append(f"## `{command}`\n\n```text\n{help_text(parser).rstrip()}\n```\n")
     return "\n".join(parts)
 
 
@@ -133,8 +129,36 @@ def _drop_missing(nav: list, docs_dir: Path) -> list:
     return kept
 
 
+def _list_spacing_extension():
+    """A Markdown extension running `space_lists` first, so the docstrings that mkdocstrings renders (with the
+    site's extensions) get their lists too, not only the pages."""
+    from markdown import Extension
+    from markdown.preprocessors import Preprocessor
+
+    class SpaceLists(Preprocessor):
+        def run(self, lines: list[str]) -> list[str]:
+            return space_lists("\n".join(lines)).split("\n")
+
+    class SpaceListsExtension(Extension):
+        def extendMarkdown(self, md) -> None:  # noqa: N802 - Python-Markdown's name
+            md.preprocessors.register(SpaceLists(md), "tal_space_lists", 100)
+
+    return SpaceListsExtension()
+
+
+def _early(function):
+    """Run before the plugins' own on_config (mkdocstrings copies the Markdown extensions there)."""
+    try:
+        from mkdocs.plugins import event_priority
+    except ImportError:  # the tests import this file without needing mkdocs
+        return function
+    return event_priority(100)(function)
+
+
+@_early
 def on_config(config, **kwargs):
     config["nav"] = _drop_missing(config["nav"], Path(config["docs_dir"]))
+    config["markdown_extensions"].append(_list_spacing_extension())
     return config
 
 
