@@ -191,3 +191,33 @@ def test_the_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     assert "bash tools/setup.sh && .venv/bin/python -m pytest -q" in ci and "mkdocs build --strict" in ci
     assert "set -euo pipefail" in ci
     assert len(readme.splitlines()) <= 200
+
+
+def _blocks(path: Path, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def test_the_examples_of_the_file_formats_page_are_read_by_tal(tmp_path):
+    """docs/formats.md's h5py example is a clean cache, and its annotation and prediction examples score."""
+    import json
+
+    page = DOCS / "formats.md"
+    (python,) = _blocks(page, "python")
+    subprocess.run([sys.executable, "-c", python], cwd=tmp_path, check=True, timeout=120)
+    info = subprocess.run([str(TAL), "features", "info", "feats.h5"], cwd=tmp_path, capture_output=True, text=True)
+    assert info.returncode == 0 and "problems        none" in info.stdout, info.stdout
+    detection_gt, grounding_gt, detection_pred, grounding_pred = _blocks(page, "json")
+    (tmp_path / "gt.json").write_text(detection_gt)
+    (tmp_path / "pred.json").write_text(detection_pred)
+    (tmp_path / "queries.jsonl").write_text(grounding_gt)
+    (tmp_path / "pred.jsonl").write_text(grounding_pred)
+    run = subprocess.run([str(TAL), "evaluate", "detection", "--gt", "gt.json", "--pred", "pred.json", "--subset",
+                          "validation", "--tiou", "0.5"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["mAP"]["0.50"] == 1.0  # the one "jump" of validation found first
+    run = subprocess.run([str(TAL), "evaluate", "grounding", "--pred", "pred.jsonl"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["R@1,IoU=0.5"] == 1.0
+    for line in grounding_gt.splitlines():
+        assert set(json.loads(line)) == {"video", "duration", "query", "segment"}
