@@ -11,10 +11,13 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "[setup] installing torch and torchvision (large, once per venv)" >&2
   .venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1
 fi
-echo "[setup] installing tal with its test, serve, text and docs extras" >&2
-.venv/bin/pip install -q -e ".[test,serve,text,docs]"
+echo "[setup] installing tal with its test, serve and text extras" >&2
+.venv/bin/pip install -q -e ".[test,serve,text]"
 # decord is optional: it has no wheel on some platforms, and PyAV covers decoding.
 .venv/bin/pip install -q "decord>=0.6" 2>/dev/null || echo "[setup] decord unavailable; using PyAV" >&2
+# The docs extra: .ci/run builds the documentation with `mkdocs build --strict`.
+echo "[setup] installing the docs extra (mkdocs)" >&2
+.venv/bin/pip install -q -e ".[docs]"
 # The browser tests (tests/test_web.py) drive Debian's Chromium with playwright (the test extra); playwright's
 # own browser download is not used. Installed here when missing and we may (root with apt-get).
 if [ ! -x /usr/bin/chromium ]; then

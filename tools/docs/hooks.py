@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 HELP_COLUMNS = 80  # the width `--help` is rendered at, here and in the test that compares them
 CLI_MARKER = "<!-- tal:cli-reference -->"
 DOCSTRING_MARKER = re.compile(r"<!-- tal:docstring ([\w.]+) -->")
-OPTIONAL_PAGES = ("features.md", "performance.md")
+OPTIONAL_PAGES = ("features.md", "performance.md", "inference.md")
 _BULLET = re.compile(r"^\s*- ")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 
