@@ -184,9 +184,10 @@ class Moments(list):
 class MomentRetriever(_Predictor):
     """Moment retrieval with a trained grounding head (2D-TAN, MAN).
 
-    >>> r = MomentRetriever.from_checkpoint("runs/x/checkpoint_best.pt", features="feats.h5")
-    >>> r.query("video_0001", "a person opens the door", top_k=5)
-    [{"start": 3.1, "end": 9.4, "score": 0.83}, ...]
+    Example:
+        >>> r = MomentRetriever.from_checkpoint("runs/x/checkpoint_best.pt", features="feats.h5")
+        >>> r.query("video_0001", "a person opens the door", top_k=5)
+        [{"start": 3.1, "end": 9.4, "score": 0.83}, ...]
     """
 
     task_name = "grounding"
@@ -195,8 +196,11 @@ class MomentRetriever(_Predictor):
     def from_checkpoint(cls, checkpoint: str | Path, features: str | Path | None = None, device: str = "cpu",
                         cache: str | Path | None = None, weights: str | None = None,
                         progress: bool | None = None) -> "MomentRetriever":
-        """See `_Predictor`: weights = the backbone weights file when a video file is given and the recorded
-        one is elsewhere; progress = the extraction bar (None: on when stderr is a terminal)."""
+        """Load a checkpoint written by `tal train`. features = a feature cache of the videos to answer by id
+        (checked against the settings the head was trained on); device = where the head runs; cache = where the
+        features of video files given later are kept (default: a temporary file); weights = the backbone weights
+        file when a video file is given and the recorded one is elsewhere; progress = the extraction bar (None:
+        on when stderr is a terminal)."""
         return cls(checkpoint, features, device, cache, weights, progress)
 
     def query(self, video: str | Path, sentence: str, top_k: int = 5) -> Moments:
@@ -262,9 +266,10 @@ class MomentRetriever(_Predictor):
 class ActionDetector(_Predictor):
     """Action detection (or proposals) with a trained detection head (A2Net, S3D, TCN, BSN++, S-2D-TAN).
 
-    >>> d = ActionDetector.from_checkpoint("runs/thumos/checkpoint_best.pt")
-    >>> d.detect("my_video.mp4")
-    [{"label": "jump", "score": 0.91, "start": 12.3, "end": 15.0}, ...]
+    Example:
+        >>> d = ActionDetector.from_checkpoint("runs/thumos/checkpoint_best.pt")
+        >>> d.detect("my_video.mp4")
+        [{"label": "jump", "score": 0.91, "start": 12.3, "end": 15.0}, ...]
     """
 
     task_name = "detection"

@@ -15,6 +15,9 @@ echo "[setup] installing tal with its test, serve, text and clip extras" >&2
 .venv/bin/pip install -q -e ".[test,serve,text,clip]"
 # decord is optional: it has no wheel on some platforms, and PyAV covers decoding.
 .venv/bin/pip install -q "decord>=0.6" 2>/dev/null || echo "[setup] decord unavailable; using PyAV" >&2
+# The docs extra: .ci/run builds the documentation with `mkdocs build --strict`.
+echo "[setup] installing the docs extra (mkdocs)" >&2
+.venv/bin/pip install -q -e ".[docs]"
 # The browser tests (tests/test_web.py) drive Debian's Chromium with playwright (the test extra); playwright's
 # own browser download is not used. Installed here when missing and we may (root with apt-get).
 if [ ! -x /usr/bin/chromium ]; then

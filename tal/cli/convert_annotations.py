@@ -28,7 +28,7 @@ EXAMPLES = """\
 formats (--format; default auto: told from the file):
 {formats}
 
-examples (D = the shared/data folder):
+examples (D = the folder holding the published annotation files):
   # ActivityNet-1.3 from BSN/BMN's files, ids without "v_" like the official ground truth
   # (19228 videos; validation 4728 videos / 7293 instances)
   tal convert-annotations --format activitynet-bsn D/activitynet13/anet_anno_action.json \\

@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     along = parser.add_argument_group("detection features along a real annotation file (make_detection_features)")
     along.add_argument("--along", metavar="ANNOTATIONS.json",
                        help="synthesize features for the videos and instances of this ActivityNet-format file "
-                            "instead of a random layout (e.g. ../shared/data/thumos14/thumos14_actionformer.json)")
+                            "instead of a random layout (e.g. ActionFormer's thumos14_actionformer.json)")
     along.add_argument("--fps", type=float, help="with --along: frames per second (default 30)")
     along.add_argument("--stride", type=int, help="with --along: frames between features (default 4)")
     along.add_argument("--window", type=int, help="with --along: frames per feature (default 16)")

@@ -1,4 +1,4 @@
-"""The HDF5 feature cache (DESIGN.md "Feature cache"): one [T, D] dataset per video at the root.
+"""The HDF5 feature cache (docs/formats.md, "Feature cache"): one [T, D] dataset per video at the root.
 
 Layout. Each video is a root dataset, float32 (float16 kept if given), with attributes `fps`,
 `stride`, `window` (frames) and `duration` (seconds). File attributes record how the file was made
