@@ -4,6 +4,7 @@ Shapes use B batch, C channels, T input features, N clips.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -82,32 +83,91 @@ def masked_conv_weights(mask: torch.Tensor, kernel_size: int, paddings: list[int
     return weights
 
 
+@dataclass(frozen=True)
+class MapTile:
+    """A rectangle of one layer's output cells, in canvas coordinates: rows [top, bottom), cols [left, right)."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+
+def needed_cells(mask: torch.Tensor, kernel_size: int, num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Which cells of each layer of 2D-TAN's MapConv can reach a valid output, and their weights.
+
+    The official stack pads the map by P = (K-1)L/2 once, so layer l's output covers [-P + l*h, N + P - l*h)
+    (h = (K-1)/2) and most of it is either weighted 0 (its kernel saw no valid cell) or outside every
+    valid output cell's receptive field. Layer L needs the valid cells; layer l needs the cells of non-zero
+    weight within h of a cell layer l+1 needs. Everything is placed on one canvas [-m, N + m)^2, m the
+    margin the needed cells and their kernels reach. Returns (per layer: needed [M, M] bool, weight
+    [M, M] float, 0 off the needed cells) and m.
+    """
+    num_clips, half = mask.shape[-1], (kernel_size - 1) // 2
+    pad = half * num_layers
+    official = masked_conv_weights(mask, kernel_size, [pad] + [0] * (num_layers - 1))
+    size = num_clips + 2 * pad
+    weights = [F.pad(w[0, 0], [half * (i + 1)] * 4) for i, w in enumerate(official)]  # [size, size] each
+    needed = [torch.zeros(size, size, dtype=torch.bool) for _ in range(num_layers)]
+    needed[-1][pad:pad + num_clips, pad:pad + num_clips] = mask
+    for layer in range(num_layers - 2, -1, -1):
+        grown = F.max_pool2d(needed[layer + 1].float()[None, None], kernel_size, 1, half)[0, 0] > 0
+        needed[layer] = grown & (weights[layer] > 0)
+    rows = torch.stack(needed).any(dim=0).any(dim=1).nonzero()[:, 0]
+    margin = max(pad - int(rows.min()), int(rows.max()) + 1 - pad - num_clips, 0) + half
+    crop = slice(pad - margin, pad + num_clips + margin)
+    return [n[crop, crop] for n in needed], [(w * n)[crop, crop] for w, n in zip(weights, needed)], margin
+
+
+def map_tiles(needed: torch.Tensor, strip: int) -> list[MapTile]:
+    """Cover the needed cells [M, M] with one rectangle per strip of `strip` rows (bounding box of that strip)."""
+    tiles = []
+    for top in range(0, needed.shape[0], strip):
+        rows = needed[top:top + strip]
+        row_ids, col_ids = rows.nonzero(as_tuple=True)
+        if len(row_ids):
+            tiles.append(MapTile(top + int(row_ids.min()), top + int(row_ids.max()) + 1, int(col_ids.min()),
+                                 int(col_ids.max()) + 1))
+    return tiles
+
+
 class MaskedMapConv(nn.Module):
     """A stack of 2D convs over a sparse map whose output is re-weighted by the valid cells it saw.
 
-    All padding is applied by the first layer ((K-1)*L/2 on each side), the rest use none, so an
-    [N, N] map stays [N, N] after L layers; each layer is ReLU(conv(x)) * weight (see
-    `masked_conv_weights`), with the weights built once from the mask as buffers.
-    x [B, C_in, N, N] -> [B, C_out, N, N].
+    The same numbers as 2D-TAN's MapConv (first layer padded by (K-1)*L/2, the rest unpadded, each layer
+    ReLU(conv(x)) * weight, `masked_conv_weights`) on every cell that can reach a valid output, but only
+    those cells are computed: each layer convolves a few row strips that cover its needed cells
+    (`needed_cells`, `map_tiles`), on a canvas barely larger than the map. Cells no valid output can see
+    are 0 (the official code leaves values there; callers mask them away). Tiles and weights are built
+    once. x [B, C_in, N, N] -> [B, C_out, N, N].
     """
 
-    def __init__(self, mask: torch.Tensor, in_dim: int, hidden_dim: int, kernel_size: int, num_layers: int):
+    def __init__(self, mask: torch.Tensor, in_dim: int, hidden_dim: int, kernel_size: int, num_layers: int,
+                 strip: int = 8):
         super().__init__()
-        total_shrink = (kernel_size - 1) * num_layers
-        if total_shrink % 2:
-            raise ValueError(f"(kernel_size - 1) * num_layers must be even, got {kernel_size=}, {num_layers=}")
-        paddings = [total_shrink // 2] + [0] * (num_layers - 1)
+        if kernel_size % 2 == 0:
+            raise ValueError(f"map convs need an odd kernel, got {kernel_size=}")
         dims = [in_dim] + [hidden_dim] * num_layers
-        self.convs = nn.ModuleList(
-            nn.Conv2d(dims[i], dims[i + 1], kernel_size, padding=paddings[i]) for i in range(num_layers)
-        )
-        for i, weight in enumerate(masked_conv_weights(mask, kernel_size, paddings)):
+        self.convs = nn.ModuleList(nn.Conv2d(dims[i], dims[i + 1], kernel_size) for i in range(num_layers))
+        self.half, self.num_clips = (kernel_size - 1) // 2, mask.shape[-1]
+        needed, weights, self.margin = needed_cells(mask.cpu(), kernel_size, num_layers)
+        self.tiles = [map_tiles(n, strip) for n in needed]
+        for i, weight in enumerate(weights):
             self.register_buffer(f"weight_{i}", weight, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, conv in enumerate(self.convs):
-            x = F.relu(conv(x)) * getattr(self, f"weight_{i}")
-        return x
+        canvas = F.pad(x, [self.margin] * 4)  # [B, C, M, M]
+        h = self.half
+        for i, (conv, tiles) in enumerate(zip(self.convs, self.tiles)):
+            weight = getattr(self, f"weight_{i}")
+            out = canvas.new_zeros(canvas.shape[0], conv.out_channels, *canvas.shape[2:])
+            for t in tiles:
+                window = canvas[:, :, t.top - h:t.bottom + h, t.left - h:t.right + h]
+                out[:, :, t.top:t.bottom, t.left:t.right] = (
+                    F.relu(conv(window)) * weight[t.top:t.bottom, t.left:t.right])
+            canvas = out
+        m, n = self.margin, self.num_clips
+        return canvas[:, :, m:m + n, m:m + n]
 
 
 # ---------------------------------------------------------------------------------------------------
