@@ -149,6 +149,19 @@ def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips
     assert cells < 0.65 * official_cells  # the padded official stack computes every cell of every layer
 
 
+def test_map_conv_on_a_rectangular_map_matches_the_official_rule():
+    torch.manual_seed(0)
+    durations, steps = torch.arange(6)[:, None], torch.arange(20)[None]
+    mask = steps + durations < 20  # BSN++'s [duration, start] map: a proposal must end inside the video
+    conv = MaskedMapConv(mask, 3, 4, 3, 2)
+    x = torch.randn(2, 3, 6, 20) * mask
+    with torch.no_grad():
+        expected = official_map_conv(conv, mask, x) * mask
+        out = conv(x)
+    assert out.shape == (2, 4, 6, 20)
+    assert torch.allclose(out * mask, expected, rtol=1e-5, atol=1e-7 * float(expected.abs().max()))
+
+
 def test_needed_cells_by_hand():
     # N = 2, one valid cell (0, 1), a 3x3 kernel twice: the official map is padded by 2.
     mask = torch.tensor([[False, True], [False, False]])

@@ -382,8 +382,9 @@ class PositionAttention(nn.Module):
         energy = query.transpose(1, 2) @ key / math.sqrt(self.key_dim)  # [B, Nq, Nk]
         key_valid = window_sum.flatten(1)[:, self.key_cells] > 0  # [B, Nk]
         attention = energy.masked_fill(~key_valid[:, None, :], -math.inf).softmax(dim=-1)
-        out = x.new_zeros(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
-        out[..., self.cells] = value @ attention.transpose(1, 2)  # [B, C, Nq]
+        attended = value @ attention.transpose(1, 2)  # [B, C, Nq] (half precision under autocast)
+        out = attended.new_zeros(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+        out[..., self.cells] = attended
         return out.view_as(x) * weight
 
 

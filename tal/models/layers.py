@@ -96,27 +96,29 @@ class MapTile:
 def needed_cells(mask: torch.Tensor, kernel_size: int, num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
     """Which cells of each layer of 2D-TAN's MapConv can reach a valid output, and their weights.
 
-    The official stack pads the map by P = (K-1)L/2 once, so layer l's output covers [-P + l*h, N + P - l*h)
-    (h = (K-1)/2) and most of it is either weighted 0 (its kernel saw no valid cell) or outside every
-    valid output cell's receptive field. Layer L needs the valid cells; layer l needs the cells of non-zero
-    weight within h of a cell layer l+1 needs. Everything is placed on one canvas [-m, N + m)^2, m the
-    margin the needed cells and their kernels reach. Returns (per layer: needed [M, M] bool, weight
-    [M, M] float, 0 off the needed cells) and m.
+    The official stack pads the map by P = (K-1)L/2 once, so layer l's output covers P - l*h more
+    cells on each side than the map (h = (K-1)/2), and most of them are either weighted 0 (the kernel
+    saw no valid cell) or outside every valid output cell's receptive field. Layer L needs the valid
+    cells; layer l needs the cells of non-zero weight within h of a cell layer l+1 needs. Everything is
+    placed on one canvas, the map plus a margin m on each side (what the needed cells and their kernels
+    reach). mask [H, W] bool -> (per layer: needed [H + 2m, W + 2m] bool, weight of the same shape, 0
+    off the needed cells), m.
     """
-    num_clips, half = mask.shape[-1], (kernel_size - 1) // 2
+    (height, width), half = mask.shape, (kernel_size - 1) // 2
     pad = half * num_layers
     official = masked_conv_weights(mask, kernel_size, [pad] + [0] * (num_layers - 1))
-    size = num_clips + 2 * pad
-    weights = [F.pad(w[0, 0], [half * (i + 1)] * 4) for i, w in enumerate(official)]  # [size, size] each
-    needed = [torch.zeros(size, size, dtype=torch.bool) for _ in range(num_layers)]
-    needed[-1][pad:pad + num_clips, pad:pad + num_clips] = mask
+    weights = [F.pad(w[0, 0], [half * (i + 1)] * 4) for i, w in enumerate(official)]  # [H + 2P, W + 2P] each
+    needed = [torch.zeros_like(weights[0], dtype=torch.bool) for _ in range(num_layers)]
+    needed[-1][pad:pad + height, pad:pad + width] = mask
     for layer in range(num_layers - 2, -1, -1):
         grown = F.max_pool2d(needed[layer + 1].float()[None, None], kernel_size, 1, half)[0, 0] > 0
         needed[layer] = grown & (weights[layer] > 0)
-    rows = torch.stack(needed).any(dim=0).any(dim=1).nonzero()[:, 0]
-    margin = max(pad - int(rows.min()), int(rows.max()) + 1 - pad - num_clips, 0) + half
-    crop = slice(pad - margin, pad + num_clips + margin)
-    return [n[crop, crop] for n in needed], [(w * n)[crop, crop] for w, n in zip(weights, needed)], margin
+    rows, cols = torch.stack(needed).any(dim=0).nonzero(as_tuple=True)
+    reach = max(pad - int(rows.min()), int(rows.max()) + 1 - pad - height,
+                pad - int(cols.min()), int(cols.max()) + 1 - pad - width, 0)
+    margin = reach + half
+    crop = (slice(pad - margin, pad + height + margin), slice(pad - margin, pad + width + margin))
+    return [n[crop] for n in needed], [(w * n)[crop] for w, n in zip(weights, needed)], margin
 
 
 def map_tiles(needed: torch.Tensor, strip: int) -> list[MapTile]:
@@ -139,7 +141,7 @@ class MaskedMapConv(nn.Module):
     those cells are computed: each layer convolves a few row strips that cover its needed cells
     (`needed_cells`, `map_tiles`), on a canvas barely larger than the map. Cells no valid output can see
     are 0 (the official code leaves values there; callers mask them away). Tiles and weights are built
-    once. x [B, C_in, N, N] -> [B, C_out, N, N].
+    once. x [B, C_in, H, W] -> [B, C_out, H, W] (mask [H, W]).
     """
 
     def __init__(self, mask: torch.Tensor, in_dim: int, hidden_dim: int, kernel_size: int, num_layers: int,
@@ -149,7 +151,7 @@ class MaskedMapConv(nn.Module):
             raise ValueError(f"map convs need an odd kernel, got {kernel_size=}")
         dims = [in_dim] + [hidden_dim] * num_layers
         self.convs = nn.ModuleList(nn.Conv2d(dims[i], dims[i + 1], kernel_size) for i in range(num_layers))
-        self.half, self.num_clips = (kernel_size - 1) // 2, mask.shape[-1]
+        self.half, self.map_size = (kernel_size - 1) // 2, tuple(mask.shape)
         needed, weights, self.margin = needed_cells(mask.cpu(), kernel_size, num_layers)
         self.tiles = [map_tiles(n, strip) for n in needed]
         for i, weight in enumerate(weights):
@@ -160,14 +162,13 @@ class MaskedMapConv(nn.Module):
         h = self.half
         for i, (conv, tiles) in enumerate(zip(self.convs, self.tiles)):
             weight = getattr(self, f"weight_{i}")
-            out = canvas.new_zeros(canvas.shape[0], conv.out_channels, *canvas.shape[2:])
-            for t in tiles:
-                window = canvas[:, :, t.top - h:t.bottom + h, t.left - h:t.right + h]
-                out[:, :, t.top:t.bottom, t.left:t.right] = (
-                    F.relu(conv(window)) * weight[t.top:t.bottom, t.left:t.right])
-            canvas = out
-        m, n = self.margin, self.num_clips
-        return canvas[:, :, m:m + n, m:m + n]
+            values = [F.relu(conv(canvas[:, :, t.top - h:t.bottom + h, t.left - h:t.right + h]))
+                      * weight[t.top:t.bottom, t.left:t.right] for t in tiles]
+            canvas = values[0].new_zeros(canvas.shape[0], conv.out_channels, *canvas.shape[2:])  # autocast's dtype
+            for t, value in zip(tiles, values):
+                canvas[:, :, t.top:t.bottom, t.left:t.right] = value
+        (m, (height, width)) = self.margin, self.map_size
+        return canvas[:, :, m:m + height, m:m + width]
 
 
 # ---------------------------------------------------------------------------------------------------
