@@ -63,11 +63,14 @@ class TalRunner:
 
         self.model, self.optimizer = model, torch.optim.Adam(model.parameters(), lr=1e-4)
 
+    def loss(self, inputs: dict):
+        return self.model(inputs)["loss"]
+
     def train_step(self, inputs: dict) -> float:
         import torch
 
         self.model.train()
-        loss = self.model(inputs)["loss"]
+        loss = self.loss(inputs)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
@@ -89,18 +92,7 @@ class OfficialRunner(TalRunner):
         prediction, mask = self.model(inputs["words"], inputs["word_mask"][..., None], inputs["features"])
         target = ((inputs["iou_targets"][:, None] - 0.5) / 0.5).clamp(0, 1)
         loss = F.binary_cross_entropy(torch.sigmoid(prediction) * mask, target, reduction="none") * mask
-        return loss.sum() / mask.sum(), prediction, mask
-
-    def train_step(self, inputs: dict) -> float:
-        import torch
-
-        self.model.train()
-        loss = self.loss(inputs)[0]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 10.0)
-        self.optimizer.step()
-        return float(loss.detach())
+        return loss.sum() / mask.sum()
 
     def infer(self, inputs: dict):
         import torch
@@ -142,8 +134,8 @@ def check_equal(runners: dict, inputs: dict) -> dict:
     ours, theirs = runners["tal"].infer(inputs), runners["official"].infer(inputs)
     runners["tal"].model.train(), runners["official"].model.train()
     with torch.no_grad():
-        loss_ours = float(runners["tal"].model(inputs)["loss"])
-        loss_theirs = float(runners["official"].loss(inputs)[0])
+        loss_ours = float(runners["tal"].loss(inputs))
+        loss_theirs = float(runners["official"].loss(inputs))
     return dict(max_abs_score_diff=float((ours - theirs).abs().max()), loss_tal=loss_ours, loss_official=loss_theirs)
 
 
