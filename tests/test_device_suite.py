@@ -20,10 +20,9 @@ def test_device_suite_cpu_quick_reports_every_section(tmp_path):
     assert report["device"] == "cpu" and report["quick"] is True
     heads = {(r["head"], r["amp"]) for r in report["heads"]}
     assert heads == {(h, amp) for h in MODELS.names() for amp in (False, True)}
-    for row in report["heads"]:
-        if not row["amp"]:  # full precision must run for every head
-            assert "error" not in row, row
-            assert row["train_inputs_per_s"] > 0 and row["infer_s"] > 0 and row["peak_memory_mib"] > 0
+    for row in report["heads"]:  # every head trains and predicts with AMP off and on
+        assert "error" not in row, row
+        assert row["train_inputs_per_s"] > 0 and row["infer_s"] > 0 and row["peak_memory_mib"] > 0
     assert [r["evaluator"] for r in report["evaluators"]] == ["detection mAP", "grounding recall"]
     assert 0 <= report["evaluators"][0]["value"] <= 1
     assert {r["method"] for r in report["nms"]} == {"hard per class", "soft gaussian, max 200"}
