@@ -93,7 +93,8 @@ class MapTile:
     right: int
 
 
-def needed_cells(mask: torch.Tensor, kernel_size: int, num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+def needed_cells(mask: torch.Tensor, kernel_size: int,
+                 num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
     """Which cells of each layer of 2D-TAN's MapConv can reach a valid output, and their weights.
 
     The official stack pads the map by P = (K-1)L/2 once, so layer l's output covers P - l*h more

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         cell = lambda x: f"{x['median_ms']:.1f} ({x['min_ms']:.1f}-{x['max_ms']:.1f})"  # noqa: E731
         print(f"{r['work']:<12} {r['load']:<5} {r['threads']:>7} {cell(r):>22} {cell(p):>22}")
     if args.json:
-        args.json.write_text(json.dumps({"meta": dict(torch=torch.__version__, runs=args.runs), "rows": rows}, indent=2))
+        meta = dict(torch=torch.__version__, runs=args.runs)
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     return 0
 
 

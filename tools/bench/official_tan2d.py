@@ -73,9 +73,10 @@ def load_official(checkout: Path):
 
 def official_copy(checkout: Path, model: Tan2D, input_dim: int, prop: str, map_kernel: int,
                   map_layers: int) -> OfficialTan:
-    """The official model with `model`'s weights copied in (same numbers, same parameter count)."""
+    """The official model with `model`'s weights copied in: the same function of the same inputs."""
     official = OfficialTan(load_official(checkout), model, input_dim, prop, map_kernel, map_layers)
-    pairs = [(official.frame_layer.vis_conv, model.frame.conv), (official.fusion_layer.textual_encoder, model.text.lstm),
+    pairs = [(official.frame_layer.vis_conv, model.frame.conv),
+             (official.fusion_layer.textual_encoder, model.text.lstm),
              (official.fusion_layer.tex_linear, model.text_proj), (official.fusion_layer.vis_conv, model.map_proj),
              (official.pred_layer, model.score)]
     pairs += list(zip(official.map_layer.convs, model.map_conv.convs))
