@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tal.errors import TalInputError
-from tal.models.layers import MaskedMapConv, average_to_num_clips, masked_conv_weights
+from tal.models.layers import MaskedMapConv, average_to_num_clips, masked_conv_weights, needed_cells
 from tal.models.tan2d import (
     SparsePropConv,
     SparsePropPool,
@@ -120,8 +121,62 @@ def test_masked_conv_weights_are_inverse_valid_counts():
 def test_map_conv_keeps_the_map_size(kernel, layers):
     mask = sparse_map_mask(16)
     conv = MaskedMapConv(mask, 4, 6, kernel, layers)
-    assert conv.convs[0].padding == ((kernel - 1) * layers // 2,) * 2 == (16, 16)
     assert conv(torch.randn(2, 4, 16, 16)).shape == (2, 6, 16, 16)
+
+
+def official_map_conv(conv: MaskedMapConv, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """2D-TAN's MapConv rule on the whole padded map: pad (K-1)L/2 once, ReLU(conv) * weight per layer."""
+    kernel, layers = conv.convs[0].kernel_size[0], len(conv.convs)
+    paddings = [(kernel - 1) * layers // 2] + [0] * (layers - 1)
+    for layer, padding, weight in zip(conv.convs, paddings, masked_conv_weights(mask, kernel, paddings)):
+        x = F.relu(F.conv2d(x, layer.weight, layer.bias, padding=padding)) * weight
+    return x
+
+
+@pytest.mark.parametrize("num_clips, kernel, layers", [(16, 5, 8), (16, 9, 4), (64, 9, 4), (128, 5, 8)])
+def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips, kernel, layers):
+    torch.manual_seed(0)
+    mask = sparse_map_mask(num_clips)
+    conv = MaskedMapConv(mask, 3, 4, kernel, layers)
+    x = torch.randn(2, 3, num_clips, num_clips) * mask
+    with torch.no_grad():
+        expected = official_map_conv(conv, mask, x) * mask
+        out = conv(x)
+    assert torch.allclose(out * mask, expected, rtol=1e-5, atol=1e-7 * float(expected.abs().max()))
+    assert float(expected.abs().max()) > 0
+    cells = sum((t.bottom - t.top) * (t.right - t.left) for tiles in conv.tiles for t in tiles)
+    official_cells = sum((num_clips + (kernel - 1) * (layers - i - 1)) ** 2 for i in range(layers))
+    assert cells < 0.65 * official_cells  # the padded official stack computes every cell of every layer
+
+
+def test_map_conv_on_a_rectangular_map_matches_the_official_rule():
+    torch.manual_seed(0)
+    durations, steps = torch.arange(6)[:, None], torch.arange(20)[None]
+    mask = steps + durations < 20  # BSN++'s [duration, start] map: a proposal must end inside the video
+    conv = MaskedMapConv(mask, 3, 4, 3, 2)
+    x = torch.randn(2, 3, 6, 20) * mask
+    with torch.no_grad():
+        expected = official_map_conv(conv, mask, x) * mask
+        out = conv(x)
+    assert out.shape == (2, 4, 6, 20)
+    assert torch.allclose(out * mask, expected, rtol=1e-5, atol=1e-7 * float(expected.abs().max()))
+
+
+def test_needed_cells_by_hand():
+    # N = 2, one valid cell (0, 1), a 3x3 kernel twice: the official map is padded by 2.
+    mask = torch.tensor([[False, True], [False, False]])
+    needed, weights, margin = needed_cells(mask, kernel_size=3, num_layers=2)
+    assert margin == 2  # layer 1 needs cells one step outside the map; their kernels one more
+    last = needed[1][margin:margin + 2, margin:margin + 2]
+    assert torch.equal(last, mask)
+    # layer 1: every cell within one step of (0, 1) sees (0, 1) alone: weight 1 / 1
+    first = needed[0]
+    rows, cols = first.nonzero(as_tuple=True)
+    assert (rows - margin).tolist() == [-1, -1, -1, 0, 0, 0, 1, 1, 1]
+    assert (cols - margin).tolist() == [0, 1, 2] * 3
+    assert torch.equal(weights[0][first], torch.ones(9))
+    # layer 2 at (0, 1) sees the 9 cells of layer 1
+    assert float(weights[1][margin, margin + 1]) == pytest.approx(1 / 9)
 
 
 # ---------------------------------------------------------------- targets and loss

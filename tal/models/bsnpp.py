@@ -382,8 +382,9 @@ class PositionAttention(nn.Module):
         energy = query.transpose(1, 2) @ key / math.sqrt(self.key_dim)  # [B, Nq, Nk]
         key_valid = window_sum.flatten(1)[:, self.key_cells] > 0  # [B, Nk]
         attention = energy.masked_fill(~key_valid[:, None, :], -math.inf).softmax(dim=-1)
-        out = x.new_zeros(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
-        out[..., self.cells] = value @ attention.transpose(1, 2)  # [B, C, Nq]
+        attended = value @ attention.transpose(1, 2)  # [B, C, Nq] (half precision under autocast)
+        out = attended.new_zeros(x.shape[0], x.shape[1], x.shape[2] * x.shape[3])
+        out[..., self.cells] = attended
         return out.view_as(x) * weight
 
 
@@ -482,7 +483,9 @@ class BSNPP(nn.Module):
         num_videos, _, num_steps = base.shape
         projected = self.sample_proj(base).view(num_videos, self.num_samples, self.map_dim, num_steps)
         projected = projected.permute(1, 3, 0, 2).reshape(self.num_samples * num_steps, -1)  # [P * T, B * C]
-        sampled = torch.sparse.mm(self.sampling, projected).view(-1, num_videos, self.map_dim)  # [Nv, B, C]
+        with torch.autocast(base.device.type, enabled=False):  # sparse mm has no half-precision backward
+            sampled = torch.sparse.mm(self.sampling, projected.to(self.sampling.dtype))
+        sampled = sampled.view(-1, num_videos, self.map_dim)  # [Nv, B, C]
         cells = F.relu(sampled.permute(1, 2, 0) + self.sample_bias[:, None])  # [B, C, Nv]
         grid = cells.new_zeros(num_videos, self.map_dim, self.max_duration * self.num_steps)
         grid[..., self.cells] = cells

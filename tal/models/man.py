@@ -67,6 +67,7 @@ from tal.models.tan2d import default_scale_layers, scaled_iou_targets
 from tal.models.text import Vocabulary, build_text_encoder
 from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import pairwise_tiou, tiou
+from tal.ops.threads import single_threaded
 from tal.registry import MODELS, model_section
 
 
@@ -134,6 +135,7 @@ def candidate_iou(candidates: torch.Tensor, segments_s: torch.Tensor, durations_
     return tiou(candidates_s, segments_s[:, None, :]).float()
 
 
+@single_threaded
 def decode_candidates(scores: torch.Tensor, candidates: torch.Tensor, durations_s, num_clips: int,
                       nms_threshold: float | None, top_k: int | None) -> list[list[tuple[float, float, float]]]:
     """Scores [B, n] of candidates [n, 2] (clips) -> per query, up to top_k (start_s, end_s, score), best first.

@@ -36,6 +36,7 @@ from tal.models.layers import MaskedMapConv, TemporalConvPool, iter_span_max
 from tal.models.text import Vocabulary, build_text_encoder
 from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import tiou
+from tal.ops.threads import single_threaded
 
 SHORT_SPAN_LAYERS = 16
 LONG_SPAN_LAYERS = 8
@@ -148,6 +149,7 @@ def _sorted_candidates(score_map: torch.Tensor, valid_mask: torch.Tensor | None)
     return clips, scores
 
 
+@single_threaded
 def decode_moments(score_map: torch.Tensor, durations, nms_threshold: float | None, top_k: int | None,
                    valid_mask: torch.Tensor | None = None) -> list[list[tuple[float, float, float]]]:
     """Score maps [B, N, N] and durations [B] (s) -> per query, up to top_k (start_s, end_s, score), best first.

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from tal.ops.segments import tiou
+from tal.ops.threads import single_threaded
 
 METHODS = ("hard", "soft-linear", "soft-gaussian", "soft-adaptive", "none")
 # "adaptive" is BMN's soft-NMS (JJBOY/BMN-Boundary-Matching-Network post_processing.py `soft_nms`, mmaction2's
@@ -50,12 +51,14 @@ DEFAULT_BLOCK_SIZE = 1024  # candidates in the first block of hard NMS; each nex
 PAIR_BUDGET = 1_000_000  # most overlapping pairs hard NMS decides at once (about 100 bytes each at peak)
 
 
+@single_threaded
 def nms(segments: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float | None = None,
         max_detections: int | None = None) -> Tensor:
     """Class-agnostic hard NMS: segments [N, 2] (start, end), scores [N] -> kept indices [K], best first."""
     return batched_nms(segments, scores, None, iou_threshold, score_threshold, max_detections)
 
 
+@single_threaded
 def batched_nms(segments: Tensor, scores: Tensor, labels: Tensor | None, iou_threshold: float,
                 score_threshold: float | None = None, max_detections: int | None = None,
                 block_size: int = DEFAULT_BLOCK_SIZE) -> Tensor:
@@ -73,6 +76,7 @@ def batched_nms(segments: Tensor, scores: Tensor, labels: Tensor | None, iou_thr
     return _hard_nms(segments, groups, order, iou_threshold, max_detections, block_size)
 
 
+@single_threaded
 def soft_nms(segments: Tensor, scores: Tensor, labels: Tensor | None = None, method: str = "gaussian",
              iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
              max_detections: int | None = None, high_threshold: float = 0.9,
@@ -92,6 +96,7 @@ def soft_nms(segments: Tensor, scores: Tensor, labels: Tensor | None = None, met
                      (high_threshold, width_scale))
 
 
+@single_threaded
 def score_voting(segments: Tensor, scores: Tensor, labels: Tensor | None, keep: Tensor,
                  voting_threshold: float, voting_weight: str = "score-tiou") -> Tensor:
     """Refined boundaries [K, 2] for the kept segments segments[keep] (ActionFormer's `seg_voting`).
@@ -108,6 +113,7 @@ def score_voting(segments: Tensor, scores: Tensor, labels: Tensor | None, keep: 
                  voting_weight)
 
 
+@single_threaded
 def postprocess_detections(segments: Tensor, scores: Tensor, labels: Tensor | None = None, method: str = "hard",
                            iou_threshold: float = 0.5, sigma: float = 0.5, score_threshold: float | None = None,
                            pre_nms_top_k: int | None = None, max_detections: int | None = None,

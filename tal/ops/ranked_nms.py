@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from tal.ops.threads import single_threaded
 
+
+@single_threaded
 def ranked_nms(segments: torch.Tensor, valid: torch.Tensor | None, threshold: float | None,
                top_k: int | None) -> torch.Tensor:
     """Ranked segments [B, M, 2] (best first; `valid` [B, M] marks real ones) -> kept ranks [B, K].
@@ -46,6 +49,7 @@ def ranked_nms(segments: torch.Tensor, valid: torch.Tensor | None, threshold: fl
     return kept
 
 
+@single_threaded
 def kept_moments(segments: torch.Tensor, scores: torch.Tensor, kept: torch.Tensor) -> list[list[tuple]]:
     """Ranked segments [B, M, 2], their scores [B, M] and `ranked_nms`' kept [B, K] -> per row, the kept
     (start, end, score) tuples in rank order."""

@@ -1,0 +1,296 @@
+"""One run of tal's speed figures on a device: heads, evaluators, NMS and feature extraction.
+
+Made for a CUDA machine (`python tools/bench/device_suite.py`, a few minutes); `--cpu --quick` runs the
+same sections on the CPU in about a minute (the test suite runs it so). Everything it needs is made
+on the fly in --scratch: synthetic grounding and detection sets (`tal.datasets.synthetic`), random
+predictions, a generated video; backbones get random weights, so nothing is downloaded.
+
+Sections, one table each (and one JSON document with --json):
+  heads       every registered head on its synthetic config (configs/synthetic/<head>.yaml; without
+              --quick the grounding heads at 2D-TAN's paper size, hidden 512, K5L8): training
+              inputs/s (forward, backward, optimiser step) and inference inputs/s, with AMP off and on
+              (autocast float16 on CUDA, bfloat16 on the CPU), and peak memory (CUDA: max allocated
+              since the row started; CPU: the process's peak RSS so far)
+  evaluators  detection mAP (ActivityNet-style JSON, 10 tIoUs) and grounding recall on random data
+  nms         hard per-class NMS and capped gaussian soft-NMS on device tensors
+  extract     for r2plus1d_18 and i3d, when `tal.features.backbones` registers them: clips/s of
+              extraction end to end against decode-only clips/s over the same windows
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EXTRACT_BACKBONES = ("r2plus1d_18", "i3d")
+PAPER_GROUNDING = {"2dtan": ["model.hidden_dim=512", "model.map_kernel=5", "model.map_layers=8",
+                             "model.text.hidden_dim=512", "model.text.num_layers=3"],
+                   "man": ["model.hidden_dim=512", "model.text.hidden_dim=512"]}
+
+
+def sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mib(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn, device, repeats: int) -> float:
+    """Median seconds of `repeats` calls after one untimed call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def make_sets(scratch: Path, quick: bool) -> dict[str, Path]:
+    from tal.datasets.synthetic import make_detection_set, make_grounding_set
+
+    sets = {"grounding": scratch / "grounding", "detection": scratch / "detection"}
+    if not (sets["grounding"] / "features.h5").is_file():
+        make_grounding_set(sets["grounding"], num_videos=8 if quick else 60, seed=0)
+    if not (sets["detection"] / "features.h5").is_file():
+        make_detection_set(sets["detection"], num_videos=4 if quick else 48, seed=0)
+    return sets
+
+
+def head_config(head: str, sets: dict[str, Path], quick: bool) -> dict:
+    from tal.config import load_config
+
+    path = REPO / "configs" / "synthetic" / f"{head}.yaml"
+    base = load_config(path)
+    data = sets[base["task"]]
+    if base["task"] == "grounding":
+        overrides = [f"dataset.features={data / 'features.h5'}", f"dataset.train={data / 'train.jsonl'}",
+                     f"dataset.test={data / 'test.jsonl'}"]
+        if not quick:
+            overrides += PAPER_GROUNDING.get(head, [])
+    else:
+        overrides = [f"dataset.features={data / 'features.h5'}", f"dataset.annotations={data / 'annotations.json'}"]
+    return load_config(path, overrides)
+
+
+def bench_head(head: str, sets: dict[str, Path], device, amp: bool, quick: bool) -> dict:
+    """Training and inference inputs/s of one head, AMP off or on."""
+    import torch
+
+    from tal.engine.optim import build_optimizer
+    from tal.tasks import build_task
+
+    print(f"head {head}, AMP {'on' if amp else 'off'} ...", file=sys.stderr, flush=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    cfg = head_config(head, sets, quick)
+    task = build_task(cfg)
+    model = task.build_model().to(device)
+    optimizer = build_optimizer(model, cfg["train"])
+    batch_size = min(int(cfg["train"]["batch_size"]), 8 if quick else 32, task.num_train_items())
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    generator = torch.Generator().manual_seed(0)
+    batches = [task.train_batch(model, torch.randint(task.num_train_items(), (batch_size,), generator=generator)
+                                .tolist()) for _ in range(2)]
+    batches = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+               for b in batches]
+    state = {"i": 0}
+
+    def train_step() -> None:
+        batch = batches[state["i"] % len(batches)]
+        state["i"] += 1
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            loss = model(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    split = task.eval_split if cfg["task"] == "grounding" else "val"
+
+    def infer() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+            task.predict(model, split, device)
+
+    model.train()
+    train_s = timed(train_step, device, 1 if quick else 5)
+    model.eval()
+    infer_items = len(task.video_items("val")) if cfg["task"] == "detection" else None
+    infer_s = timed(infer, device, 1 if quick else 3)
+    return dict(head=head, amp=amp, task=cfg["task"], batch_size=batch_size,
+                params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+                train_inputs_per_s=batch_size / train_s, infer_s=infer_s,
+                infer_videos_per_s=None if infer_items is None else infer_items / infer_s,
+                peak_memory_mib=peak_memory_mib(device))
+
+
+def head_row(head: str, sets: dict[str, Path], device, amp: bool, quick: bool) -> dict:
+    """`bench_head`, or the row's error (a head that fails under AMP is a finding, not a crash)."""
+    try:
+        return bench_head(head, sets, device, amp, quick)
+    except RuntimeError as error:
+        return dict(head=head, amp=amp, error=str(error).splitlines()[0])
+
+
+def bench_evaluators(scratch: Path, quick: bool) -> list[dict]:
+    import numpy as np
+
+    from tal.eval.detection import evaluate_detection_files
+    from tal.eval.grounding import evaluate_grounding
+
+    rng = np.random.default_rng(0)
+    num_videos, per_video = (20, 100) if quick else (200, 500)
+    database, results = {}, {}
+    for v in range(num_videos):
+        duration = float(rng.uniform(60, 200))
+        starts = rng.uniform(0, duration * 0.8, 5)
+        database[f"v{v}"] = {"subset": "validation", "duration": duration, "annotations": [
+            {"segment": [s, min(duration, s + rng.uniform(2, 30))], "label": f"c{rng.integers(10)}"} for s in starts]}
+        pred_starts = rng.uniform(0, duration * 0.9, per_video)
+        results[f"v{v}"] = [{"segment": [s, s + rng.uniform(1, 40)], "score": float(rng.random()),
+                             "label": f"c{rng.integers(10)}"} for s in pred_starts]
+    gt_path, pred_path = scratch / "eval_gt.json", scratch / "eval_pred.json"
+    gt_path.write_text(json.dumps({"database": database}))
+    pred_path.write_text(json.dumps({"results": results}))
+    start = time.perf_counter()
+    detection = evaluate_detection_files(gt_path, pred_path, "validation")
+    detection_s = time.perf_counter() - start
+    num_queries = 500 if quick else 5000
+    truth = np.sort(rng.uniform(0, 30, (num_queries, 2)), axis=1)
+    moments = [np.sort(rng.uniform(0, 30, (16, 2)), axis=1) for _ in range(num_queries)]
+    start = time.perf_counter()
+    evaluate_grounding(moments, truth, recalls=(1, 5), ious=(0.5, 0.7))
+    grounding_s = time.perf_counter() - start
+    return [dict(evaluator="detection mAP", items=num_videos * per_video, seconds=detection_s,
+                 value=float(detection.average_mAP)),
+            dict(evaluator="grounding recall", items=num_queries * 16, seconds=grounding_s, value=None)]
+
+
+def bench_nms(device, quick: bool) -> list[dict]:
+    import torch
+
+    from tal.ops.nms import batched_nms, soft_nms
+
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in ((2000,) if quick else (2000, 10000)):
+        start = torch.rand(n, generator=g) * 600
+        segments = torch.stack([start, start + torch.rand(n, generator=g) * 60 + 1], 1).to(device)
+        scores, labels = torch.rand(n, generator=g).to(device), torch.randint(0, 20, (n,), generator=g).to(device)
+        for name, fn in (("hard per class", lambda: batched_nms(segments, scores, labels, 0.5)),
+                         ("soft gaussian, max 200", lambda: soft_nms(segments, scores, labels, "gaussian",
+                                                                     max_detections=200))):
+            rows.append(dict(method=name, segments=n, median_ms=timed(fn, device, 3 if quick else 7) * 1e3))
+    return rows
+
+
+def bench_extract(scratch: Path, device, quick: bool) -> list[dict]:
+    from bench_extract import decode_only, make_long_video
+
+    from tal.features.backbones import build_backbone, list_backbones
+    from tal.features.extract import (ExtractSettings, VideoJob, decode_size, extract_features, extraction_decoder,
+                                      resolve_settings)
+
+    registered = {spec.name for spec in list_backbones()}
+    video = make_long_video(scratch / "video.mp4", 0.1 if quick else 1.0, 160 if quick else 320, 120 if quick else 240)
+    decoder = extraction_decoder("auto")
+    rows = []
+    for name in [b for b in EXTRACT_BACKBONES if b in registered]:
+        backbone = build_backbone(name, "random", "cpu")
+        fps, window, stride = resolve_settings(ExtractSettings(name), backbone.spec)
+        out = scratch / f"extract_{name}.h5"
+        out.unlink(missing_ok=True)
+        settings = ExtractSettings(name, "random", fps, window, stride, 4 if quick else 16, decoder, 0 if quick else 2,
+                                   device.type)
+        start = time.perf_counter()
+        result = extract_features([VideoJob("video", str(video))], out, settings, progress=False)
+        e2e_s = time.perf_counter() - start
+        if result.num_failed:
+            raise SystemExit(f"extraction with {name} failed: {result.failures}")
+        clips, decode_s = decode_only([video], fps, window, stride, decoder, decode_size(backbone.spec))
+        rows.append(dict(backbone=name, clips=clips, end_to_end_clips_per_s=clips / e2e_s,
+                         decode_only_clips_per_s=clips / decode_s, ratio=decode_s / e2e_s))
+    return rows
+
+
+def print_tables(report: dict) -> None:
+    print(f"device {report['device']} ({report['device_name']}), torch {report['torch']}, "
+          f"{'quick' if report['quick'] else 'full'} settings")
+    print(f"\n{'head':<8} {'task':<10} {'amp':<4} {'batch':>5} {'params M':>9} {'train inputs/s':>15} "
+          f"{'infer s':>8} {'infer videos/s':>15} {'peak MiB':>9}")
+    for r in report["heads"]:
+        if "error" in r:
+            print(f"{r['head']:<8} {'':<10} {'on' if r['amp'] else 'off':<4} failed: {r['error']}")
+            continue
+        videos = "-" if r["infer_videos_per_s"] is None else f"{r['infer_videos_per_s']:.1f}"
+        print(f"{r['head']:<8} {r['task']:<10} {'on' if r['amp'] else 'off':<4} {r['batch_size']:>5} "
+              f"{r['params_m']:>9.2f} {r['train_inputs_per_s']:>15.1f} {r['infer_s']:>8.3f} {videos:>15} "
+              f"{r['peak_memory_mib']:>9.0f}")
+    print(f"\n{'evaluator':<18} {'items':>8} {'seconds':>8}")
+    for r in report["evaluators"]:
+        print(f"{r['evaluator']:<18} {r['items']:>8} {r['seconds']:>8.3f}")
+    print(f"\n{'nms':<24} {'segments':>8} {'median ms':>10}")
+    for r in report["nms"]:
+        print(f"{r['method']:<24} {r['segments']:>8} {r['median_ms']:>10.2f}")
+    print(f"\n{'backbone':<12} {'clips':>6} {'end to end clips/s':>19} {'decode only clips/s':>20} {'ratio':>6}")
+    for r in report["extract"]:
+        print(f"{r['backbone']:<12} {r['clips']:>6} {r['end_to_end_clips_per_s']:>19.2f} "
+              f"{r['decode_only_clips_per_s']:>20.1f} {r['ratio']:>6.3f}")
+    print(f"\ntotal {report['total_s']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is there")
+    parser.add_argument("--quick", action="store_true", help="small sets, few repeats (about a minute on a CPU)")
+    parser.add_argument("--heads", nargs="+", help="only these heads (default: every registered head)")
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/tal_device_suite"), help="generated inputs")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import tal.models  # noqa: F401  (registers the heads)
+    from tal.registry import MODELS
+
+    started = time.perf_counter()
+    if not args.cpu and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --cpu (and --quick for the short version)")
+    device = torch.device("cpu" if args.cpu else "cuda")
+    args.scratch.mkdir(parents=True, exist_ok=True)
+    sets = make_sets(args.scratch, args.quick)
+    heads = args.heads or [h for h in MODELS.names() if (REPO / "configs" / "synthetic" / f"{h}.yaml").is_file()]
+    report = dict(device=device.type, torch=torch.__version__, quick=args.quick,
+                  device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  heads=[head_row(h, sets, device, amp, args.quick) for h in heads for amp in (False, True)],
+                  evaluators=bench_evaluators(args.scratch, args.quick), nms=bench_nms(device, args.quick),
+                  extract=bench_extract(args.scratch, device, args.quick))
+    report["total_s"] = time.perf_counter() - started
+    print_tables(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
