@@ -2,13 +2,16 @@
 "sentence_vectors", computed by the subclass's `encode(sentences) -> [B, out_dim]`."""
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import torch
 from torch import nn
 
 
-class FrozenSentenceEncoder(nn.Module):
+class FrozenSentenceEncoder(nn.Module, metaclass=ABCMeta):
+    @abstractmethod
     def encode(self, sentences: list[str]) -> torch.Tensor:
-        raise NotImplementedError
+        """[B, out_dim] float32 sentence vectors on the CPU."""
 
     def prepare(self, sentences: list[str]) -> dict[str, torch.Tensor]:
         return {"sentence_vectors": self.encode(sentences)}
