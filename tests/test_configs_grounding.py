@@ -98,7 +98,9 @@ def test_config_builds_its_head_without_data(name, glove_file):
     assert model.frame.conv.in_channels == input_dim and model.frame.conv.out_channels == model_cfg["hidden_dim"]
     assert len(model.map_conv.convs) == model_cfg["map_layers"]
     assert {c.kernel_size for c in model.map_conv.convs} == {(model_cfg["map_kernel"],) * 2}
-    assert model.map_conv.convs[0].padding == ((model_cfg["map_kernel"] - 1) * model_cfg["map_layers"] // 2,) * 2
+    # 2D-TAN's (K-1)L/2 padding lives in MaskedMapConv's canvas, equal to the official stack (test_tan2d.py)
+    assert all(c.padding == (0, 0) for c in model.map_conv.convs)
+    assert model.map_conv.half == (model_cfg["map_kernel"] - 1) // 2
     assert isinstance(model.prop, {"pool": SparsePropPool, "conv": SparsePropConv}[model_cfg["prop"]])
     assert (model.min_iou, model.max_iou) == (model_cfg["loss"]["min_iou"], model_cfg["loss"]["max_iou"])
 
