@@ -483,13 +483,14 @@ class FeatureCacheWriter:
         """Video ids already finished: in the final file (data intact) or in a complete part."""
         return self._existing | {vid for vid, _, _ in self._part_records()}
 
-    def part_source(self, vid: str) -> dict:
-        """The recorded source of a video finished in a part (see `FeatureCache.source`)."""
-        for part_vid, _, meta_path in self._part_records():
-            if part_vid == vid:
-                meta = json.loads(meta_path.read_text())
-                return {k: kind(meta[k]) for k, kind in SOURCE_ATTRS.items() if k in meta}
-        return {}
+    def finished_sources(self) -> dict[str, dict]:
+        """Every finished video (final file, data intact, and parts) -> its recorded source file (see
+        `FeatureCache.source`; {} when none was recorded), the parts read in one pass."""
+        out = {vid: self.sources.get(vid, {}) for vid in self._existing}
+        for vid, _, meta_path in self._part_records():
+            meta = json.loads(meta_path.read_text())
+            out[vid] = {k: kind(meta[k]) for k, kind in SOURCE_ATTRS.items() if k in meta}
+        return out
 
     def forget(self, vid: str) -> None:
         """Extract `vid` again: drop its part; the new one replaces the final file's copy at finalize."""

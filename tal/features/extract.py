@@ -336,9 +336,8 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
 
 def _check_sources(jobs: list[VideoJob], writer, overwrite: bool, out: Path) -> None:
     """A finished video id whose file changed since: refused (naming them), or extracted again with overwrite."""
-    done = writer.done()
-    changed = [job for job in jobs if job.video_id in done and source_changed(
-        writer.sources.get(job.video_id) or writer.part_source(job.video_id), job.path)]
+    finished = writer.finished_sources()
+    changed = [job for job in jobs if job.video_id in finished and source_changed(finished[job.video_id], job.path)]
     if changed and not overwrite:
         shown = ", ".join(f"{job.video_id!r} ({job.path})" for job in changed[:5])
         raise TalInputError(f"{out}: {len(changed)} video id(s) were extracted from another file than the one given "
