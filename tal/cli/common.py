@@ -31,12 +31,9 @@ def count(n: int, noun: str) -> str:
 
 def device_of(args: argparse.Namespace) -> str:
     """The --device value with "auto" resolved (torchrun ranks map "cuda" to their own GPU later)."""
-    import torch
+    from tal.distributed import DistContext, resolve_device
 
-    device = getattr(args, "device", "auto") or "auto"
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return resolve_device(getattr(args, "device", "auto") or "auto", DistContext())
 
 
 def apply_threads(args: argparse.Namespace) -> None:
