@@ -37,9 +37,9 @@ def build(head: str, seed: int):
     """(model, optimizer, num_steps, batch_size) for a head at its config's size."""
     import torch
 
+    import tal.models  # noqa: F401  (registers the heads)
     from tal.config import load_config
     from tal.engine.optim import build_optimizer
-    import tal.models  # noqa: F401  (registers the heads)
     from tal.registry import MODELS
 
     path, input_dim, num_classes = HEADS[head]
