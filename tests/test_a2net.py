@@ -233,3 +233,27 @@ def test_activitynet_switches_follow_the_official_class_agnostic_code():
     both = build_a2net({"input_dim": 6, "num_classes": 1, "base_dim": 8, "pyramid_dims": [8, 8, 8], "head_dim": 8,
                         "af_convs": 4})
     assert len(both.af_head.cls_tower) == len(both.af_head.reg_tower) == 4
+
+
+def test_unpadded_batches_skip_the_mask_products_with_the_same_numbers(monkeypatch):
+    """With every step valid the pyramid and the anchor-free head skip `x * mask`; losses, outputs and every
+    gradient must equal those of the always-multiplying path exactly."""
+    import tal.models.a2net as a2net
+
+    batch = toy_batch()
+
+    def run() -> tuple[dict, dict]:
+        model = tiny_model().train()
+        torch.manual_seed(1)  # the random easy negatives
+        out = model(batch)
+        out["loss"].backward()
+        raw = model.outputs(batch["features"], batch["mask"])
+        return {**out, **raw}, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    fast, fast_grads = run()
+    monkeypatch.setattr(a2net, "_masked", lambda x, weight, full: x * weight)
+    slow, slow_grads = run()
+    for key in fast:
+        assert torch.equal(fast[key], slow[key]), key
+    for name in fast_grads:
+        assert torch.equal(fast_grads[name], slow_grads[name]), name

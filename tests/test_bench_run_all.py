@@ -93,3 +93,12 @@ def test_main_from_saved_results_and_unknown_name(run_all, tmp_path, capsys):
         run_all.main(["--only", "nope", "--from", str(saved)])
     assert exc.value.code == 2
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
+
+
+def test_a2net_figures(run_all):
+    row = dict(input_dim=2048, batch_size=48, tal_steps_per_s=0.05, tal_windows_per_s=2.4, ratio=1.1)
+    got = [(f["figure"], f["value"], f["unit"], f["headline"]) for f in run_all.a2net_figures({"rows": [row]})]
+    assert got == [("THUMOS14 128 x 2048 batch 48: train", 0.05, "steps/s", True),
+                   ("THUMOS14 128 x 2048 batch 48: train", 2.4, "windows/s", False),
+                   ("THUMOS14 128 x 2048 batch 48: train vs official", 1.1, "x", True)]
+    assert run_all.command("a2net", False, Path("o.json"), Path("s"))[2:] == ["--quick", "--json", "o.json"]

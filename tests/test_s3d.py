@@ -288,3 +288,26 @@ def test_decoded_predictions_are_the_decoded_default_spans():
     spans = decode_segments(out["offsets"][0], out["anchors"], model.box_scales).clamp(0.0, 64.0)[out["valid"][0]]
     assert {tuple(s) for s in segments.tolist()} == {tuple(s) for s in spans.tolist()}
     torch.testing.assert_close(scores, torch.full_like(scores, 0.25))
+
+
+def test_unpadded_batches_skip_the_mask_products_with_the_same_numbers(monkeypatch):
+    """With every step valid the pyramid skips `x * mask`; loss, outputs and gradients equal the
+    always-multiplying path exactly."""
+    import tal.models.s3d as s3d
+
+    batch = toy_batch()
+
+    def run() -> tuple[dict, dict]:
+        model = tiny_model().train()
+        out = model(batch)
+        out["loss"].backward()
+        out.update(model.outputs(batch["features"], batch["mask"]))
+        return out, {name: p.grad.clone() for name, p in model.named_parameters()}
+
+    fast, fast_grads = run()
+    monkeypatch.setattr(s3d, "_masked", lambda x, weight, full: x * weight)
+    slow, slow_grads = run()
+    for key in fast:
+        assert torch.equal(fast[key], slow[key]), key
+    for name in fast_grads:
+        assert torch.equal(fast_grads[name], slow_grads[name]), name

@@ -127,6 +127,12 @@ def assign_points(centres: torch.Tensor, point_level: torch.Tensor, ranges: torc
     return classes, distances * assigned[..., None], first
 
 
+def _masked(x: torch.Tensor, weight: torch.Tensor, full: bool) -> torch.Tensor:
+    """x [B, C, T] times its valid mask [B, 1, T]; x itself when every step is valid (x * 1 is x, so the
+    values and gradients are the same, without a pass over x forward and backward)."""
+    return x if full else x * weight
+
+
 def _conv(in_dim: int, out_dim: int, kernel_size: int, stride: int = 1) -> nn.Conv1d:
     return nn.Conv1d(in_dim, out_dim, kernel_size, stride=stride, padding=kernel_size // 2)
 
@@ -147,16 +153,17 @@ class A2NetPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         weight = mask[:, None].to(x.dtype)  # [B, 1, T]
-        x = x * weight
+        full = bool(mask.all())  # no padding (every training window): the products by 1 are skipped
+        x = _masked(x, weight, full)
         for conv in self.base:
-            x = F.relu(conv(x)) * weight
+            x = _masked(F.relu(conv(x)), weight, full)
         x = F.max_pool1d(x, BASE_STRIDE)  # [B, C, T / 2]
         weight = F.max_pool1d(weight, BASE_STRIDE)
         outputs = []
         for i, conv in enumerate(self.levels):
             if i > 0:
                 weight = F.max_pool1d(weight, 2)
-            x = F.relu(conv(x)) * weight
+            x = _masked(F.relu(conv(x)), weight, full)
             outputs.append((x, weight[:, 0] > 0))
         return outputs
 
@@ -196,18 +203,19 @@ class AnchorFreeHead(nn.Module):
         self.reg_out = _conv(head_dim, 2, 3)
         self.scales = nn.Parameter(torch.ones(len(level_dims)))
 
-    def _branch(self, x: torch.Tensor, weight: torch.Tensor, tower: nn.ModuleList, out: nn.Conv1d) -> torch.Tensor:
+    def _branch(self, x: torch.Tensor, weight: torch.Tensor, full: bool, tower: nn.ModuleList,
+                out: nn.Conv1d) -> torch.Tensor:
         for conv in tower:
-            x = F.relu(conv(x)) * weight
+            x = _masked(F.relu(conv(x)), weight, full)
         return out(x).transpose(1, 2)  # [B, T_l, out]
 
     def forward(self, levels: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         logits, distances = [], []
         for level, ((x, mask), reduce) in enumerate(zip(levels, self.reduce)):
-            weight = mask[:, None].to(x.dtype)  # [B, 1, T_l]
-            x = F.relu(reduce(x)) * weight
-            logits.append(self._branch(x, weight, self.cls_tower, self.cls_out))
-            distances.append(self._branch(x, weight, self.reg_tower, self.reg_out) * self.scales[level])
+            weight, full = mask[:, None].to(x.dtype), bool(mask.all())  # [B, 1, T_l]
+            x = _masked(F.relu(reduce(x)), weight, full)
+            logits.append(self._branch(x, weight, full, self.cls_tower, self.cls_out))
+            distances.append(self._branch(x, weight, full, self.reg_tower, self.reg_out) * self.scales[level])
         return torch.cat(logits, dim=1), torch.cat(distances, dim=1)
 
 
@@ -266,7 +274,7 @@ class A2Net(nn.Module):
         num_steps = features.shape[1]
         lengths = self.level_lengths(num_steps)
         pad = lengths[0] * self.strides[0] - num_steps
-        x = F.pad(features.transpose(1, 2), (0, pad))  # [B, D, T_pad]
+        x = F.pad(features.transpose(1, 2), (0, pad)).contiguous()  # [B, D, T_pad], one copy (not one per conv pass)
         mask = F.pad(mask.bool(), (0, pad))  # [B, T_pad]
         levels = self.pyramid(x, mask)
         level_masks = torch.cat([m for _, m in levels], dim=1)  # [B, P]

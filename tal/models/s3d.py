@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tal.errors import TalInputError
-from tal.models.a2net import NMS_KEYS, _conv, pad_ground_truth
+from tal.models.a2net import NMS_KEYS, _conv, _masked, pad_ground_truth
 from tal.models.anchors import (anchor_segments, decode_segments, encode_segments, match_with_best_spans,
                                 mine_hard_negatives)
 from tal.models.targets import class_targets, label_distributions
@@ -76,13 +76,14 @@ class S3DPyramid(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         weight = mask[:, None].to(x.dtype)  # [B, 1, T]
-        x = x * weight
+        full = bool(mask.all())  # no padding: the products by 1 are skipped (the same numbers)
+        x = _masked(x, weight, full)
         for conv in self.base:
-            x = F.relu(conv(x)) * weight
+            x = _masked(F.relu(conv(x)), weight, full)
         outputs = [(x, mask)]
         for conv in self.levels:
             weight = F.max_pool1d(weight, 2)  # a position is valid when its span holds a valid step
-            x = F.relu(conv(x)) * weight
+            x = _masked(F.relu(conv(x)), weight, full)
             outputs.append((x, weight[:, 0] > 0))
         return outputs
 
@@ -116,7 +117,7 @@ class S3D(nn.Module):
         "anchors" [A, 2] (default spans, feature steps), "valid" [B, A] (span at a position holding valid steps)."""
         num_steps, num_videos = features.shape[1], features.shape[0]
         lengths = self.level_lengths(num_steps)
-        x = F.pad(features.transpose(1, 2), (0, lengths[0] - num_steps))  # [B, D, T_pad]
+        x = F.pad(features.transpose(1, 2), (0, lengths[0] - num_steps)).contiguous()  # [B, D, T_pad], one copy
         mask = F.pad(mask.bool(), (0, lengths[0] - num_steps))  # [B, T_pad]
         raw, anchors, valid = [], [], []
         for (level, level_mask), predictor, ratios, stride in zip(self.pyramid(x, mask), self.predictors, self.ratios,

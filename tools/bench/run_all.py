@@ -15,6 +15,7 @@ reduced setting below (minutes in all); `--full` uses the settings the README's 
   serve_2dtan     bench_serve.py     --synthetic 2dtan, 500 requests           2,000 requests, 16 clients
   serve_charades  bench_serve.py     --synthetic charades-2dtan, 1 client x 8  16 clients x 128 requests
   tan2d           bench_tan2d.py     charades pool, batch 2, 1 step            every config, batch 32 (tal only)
+  a2net           bench_a2net.py     --quick (batch 2, 1 step)                 batch 48, 5 steps (tal only)
 
 Quick settings pin torch to one thread where the script has the option: on a shared machine a second
 process on the other core makes 2-thread OpenMP loops wait for each other (NMS ran 30x slower so).
@@ -138,6 +139,17 @@ def tan2d_figures(data: dict) -> list[Figure]:
     return out
 
 
+def a2net_figures(data: dict) -> list[Figure]:
+    out = []
+    for r in data["rows"]:
+        name = f"THUMOS14 128 x {r['input_dim']} batch {r['batch_size']}"
+        out.append(figure(f"{name}: train", r["tal_steps_per_s"], "steps/s", headline=True))
+        out.append(figure(f"{name}: train", r["tal_windows_per_s"], "windows/s"))
+        if "ratio" in r:
+            out.append(figure(f"{name}: train vs official", r["ratio"], "x", headline=True))
+    return out
+
+
 @dataclass(frozen=True)
 class Bench:
     script: str
@@ -173,6 +185,8 @@ BENCHES: dict[str, Bench] = {
     "tan2d": Bench("bench_tan2d.py", "2D-TAN train and infer queries/s at paper size on the CPU",
                    ["--configs", "charades", "--props", "pool", "--batch-size", "2", "--steps", "1"],
                    ["--batch-size", "32"], tan2d_figures),
+    "a2net": Bench("bench_a2net.py", "A2Net training steps/s at paper size (THUMOS14 windows) on the CPU",
+                   ["--quick"], ["--steps", "5"], a2net_figures),
 }
 SCRATCH_NAMES = {"extract": "extract", "detect": "detect", "serve_2dtan": "serve", "serve_charades": "serve"}
 
