@@ -26,6 +26,9 @@ def test_device_suite_cpu_quick_reports_every_section(tmp_path):
     assert [r["evaluator"] for r in report["evaluators"]] == ["detection mAP", "grounding recall"]
     assert 0 <= report["evaluators"][0]["value"] <= 1
     assert {r["method"] for r in report["nms"]} == {"hard per class", "soft gaussian, max 200"}
+    loader = {(r["head"], r["num_workers"], r["pin_memory"]) for r in report["loader"]}
+    assert loader == {(h, w, False) for h in ("2dtan", "a2net") for w in (0, 2)}  # no pinning on the CPU
+    assert all(r["inputs"] > 0 and r["train_inputs_per_s"] > 0 for r in report["loader"])
     registered = {spec.name for spec in list_backbones()}
     assert [r["backbone"] for r in report["extract"]] == [b for b in ("r2plus1d_18", "i3d") if b in registered]
     for row in report["extract"]:

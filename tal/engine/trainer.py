@@ -10,7 +10,12 @@ validation metric (`eval.metric`) improved. At the end the best checkpoint predi
 train keys: epochs, batch_size, lr, optimizer, weight_decay, momentum, schedule, warmup_epochs,
 milestones, gamma, plateau_factor, plateau_patience, plateau_watch (tal.engine.optim), clip_grad_norm (0, the
 default, is off: none of the official detection codes clip, and an always-active clip rescales every SGD step;
-a config sets it where its paper does), amp (CUDA mixed precision), log_interval.
+a config sets it where its paper does), amp (CUDA mixed precision), log_interval, and for the GPU:
+num_workers (0, the default: batches are built in the loop; N: N threads build the next 2N batches while
+the model steps, `tal.tasks.base.Prefetcher`; the same losses and weights as 0), pin_memory (default: on
+when the device is CUDA; the batches are copied to page-locked memory for non-blocking copies to the
+GPU; ignored on the CPU) and compile (default false; true runs the training forward and backward through
+`torch.compile`, see `compile_model`).
 `--resume` continues from checkpoint_last.pt; the result equals an uninterrupted run with the same seed.
 """
 from __future__ import annotations
@@ -20,6 +25,7 @@ import math
 import os
 import random
 import sys
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +40,19 @@ from tal.engine.optim import Plateau, build_optimizer, build_scheduler
 from tal.errors import TalInputError
 from tal.tasks import build_task
 from tal.tempfiles import remove_stale_temp_files
-from tal.tasks.base import Task, check_section, global_batches, to_device
+from tal.tasks.base import Prefetcher, Task, check_section, global_batches, to_device
 
 TRAIN_KEYS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "momentum", "schedule", "warmup_epochs",
               "milestones", "gamma", "plateau_factor", "plateau_patience", "plateau_watch", "clip_grad_norm", "amp",
-              "log_interval"}
+              "log_interval", "num_workers", "pin_memory", "compile"}
 # (kind, minimum, exclusive) of the numeric train keys; their defaults are read where they are used
 TRAIN_NUMBERS = {"epochs": (int, 1, False), "batch_size": (int, 1, False), "lr": (float, 0, True),
                  "weight_decay": (float, 0, False), "momentum": (float, 0, False), "warmup_epochs": (float, 0, False),
                  "gamma": (float, 0, True), "plateau_factor": (float, 0, True), "plateau_patience": (int, 0, False),
-                 "clip_grad_norm": (float, 0, False), "log_interval": (int, 1, False)}
+                 "clip_grad_norm": (float, 0, False), "log_interval": (int, 1, False),
+                 "num_workers": (int, 0, False)}
+TRAIN_SWITCHES = ("amp", "pin_memory", "compile")  # true or false (pin_memory may be left unset: auto)
+RESULT_NEUTRAL = ("num_workers", "pin_memory")  # the same losses and weights whatever their values
 LAST, BEST = "checkpoint_last.pt", "checkpoint_best.pt"
 logger = logging.getLogger("tal.train")
 
@@ -53,6 +62,10 @@ def check_train_values(train_cfg: dict) -> None:
     train.lr=-1 are one-line errors, not tracebacks or silent truncation)."""
     for key, (kind, minimum, exclusive) in TRAIN_NUMBERS.items():
         check_number(train_cfg, key, "train", None, kind, minimum, exclusive)
+    for key in TRAIN_SWITCHES:
+        value = train_cfg.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise TalInputError(f"train.{key} must be true or false, got {value!r}")
     milestones = train_cfg.get("milestones", [])
     if not isinstance(milestones, list):
         raise TalInputError(f"train.milestones must be a list of epochs, got {milestones!r}")
@@ -112,10 +125,12 @@ def _setup_logging(work_dir: Path, is_main: bool) -> list[logging.Handler]:
 
 
 def _same_training(saved: dict, cfg: dict, path: Path) -> None:
-    """A resumed run must use the config it started with (epochs may grow)."""
+    """A resumed run must use the config it started with (epochs may grow; the batch-building keys, which
+    change no number, may differ)."""
     def strip(c: dict) -> dict:
         c = {k: (dict(v) if isinstance(v, dict) else v) for k, v in c.items()}
-        c.get("train", {}).pop("epochs", None)
+        for key in ("epochs", *RESULT_NEUTRAL):
+            c.get("train", {}).pop(key, None)
         return c
 
     if strip(saved) != strip(cfg):
@@ -143,6 +158,10 @@ class Trainer:
         self.batch_size = int(self.train_cfg.get("batch_size", 32))
         self.clip = float(self.train_cfg.get("clip_grad_norm", 0.0))
         self.amp = bool(self.train_cfg.get("amp", False)) and self.device.type == "cuda"
+        self.num_workers = int(self.train_cfg.get("num_workers", 0))
+        pin = self.train_cfg.get("pin_memory")
+        self.pin_memory = (self.device.type == "cuda" if pin is None else bool(pin)) and self.device.type == "cuda"
+        self.compile = bool(self.train_cfg.get("compile", False))
         self.seed = int(cfg.get("seed", 0))
 
     def run(self) -> dict:
@@ -222,7 +241,14 @@ class Trainer:
             logger.info(f"{getattr(task, 'describe', lambda: '')()}; {sum(p.numel() for p in model.parameters()):,} "
                         f"parameters; {self.epochs} epochs of {steps_per_epoch} steps on {self.device}"
                         + (f" x {self.ctx.world_size} processes" if self.ctx.active else ""))
+        workers = self.num_workers if task.concurrent_batches or self.num_workers <= 1 else 1
+        if workers != self.num_workers and self.ctx.is_main:
+            logger.info(f"note: train.num_workers={self.num_workers}: this task's batches depend on the order "
+                        f"they are built in ({type(task).__name__}.concurrent_batches), so one thread builds them")
+        task.prefetch = Prefetcher(workers, self.pin_memory)
         net = distributed.wrap(model, self.ctx, self.device)
+        if self.compile:
+            net = compile_model(net, self.device)
 
         for epoch in range(start_epoch, self.epochs):
             losses = self._train_epoch(task, net, model, optimizer, scheduler, scaler, epoch, steps_per_epoch)
@@ -284,35 +310,66 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(task.num_train_items(), generator=generator)
         batches = global_batches(order, self.batch_size, self.ctx.rank, self.ctx.world_size)
-        if self.progress:
-            from tqdm import tqdm
-
-            batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
-                           file=sys.stderr, mininterval=1.0, disable=None)
         totals: dict[str, float] = {}
         count = 0
-        for step, indices in enumerate(batches):
-            batch = to_device(task.train_batch(model, indices), self.device)
-            with torch.autocast("cuda", enabled=self.amp) if self.amp else _nullcontext():
-                out = net(batch)
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                raise TalInputError(f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step "
-                                    f"{step + 1}; lower train.lr or check the features for extreme values")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if self.clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            for key, value in out.items():
-                if key.startswith("loss"):
-                    totals[key] = totals.get(key, 0.0) + float(value.detach())
-            count += 1
+        with closing(task.prefetch.map(lambda indices: task.train_batch(model, indices), batches)) as built:
+            shown = built
+            if self.progress:
+                from tqdm import tqdm
+
+                shown = tqdm(built, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False,
+                             file=sys.stderr, mininterval=1.0, disable=None)
+            for step, batch in enumerate(shown):
+                count += self._train_step(net, model, optimizer, scheduler, scaler, to_device(batch, self.device),
+                                          totals, epoch, step)
         means = {k: v / max(1, count) for k, v in totals.items()}
         return distributed.mean_over_ranks(means, self.ctx, self.device)
+
+    def _train_step(self, net, model, optimizer, scheduler, scaler, batch: dict, totals: dict[str, float],
+                    epoch: int, step: int) -> int:
+        """One optimisation step; adds the step's losses to `totals`; returns 1."""
+        with torch.autocast("cuda", enabled=self.amp) if self.amp else _nullcontext():
+            out = net(batch)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise TalInputError(f"training diverged: the loss is {loss.item()} at epoch {epoch + 1}, step "
+                                f"{step + 1}; lower train.lr or check the features for extreme values")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if self.clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        for key, value in out.items():
+            if key.startswith("loss"):
+                totals[key] = totals.get(key, 0.0) + float(value.detach())
+        return 1
+
+
+def compile_model(net: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`torch.compile(net)` (train.compile): the training forward and its backward run as compiled graphs;
+    checkpoints and inference keep using the uncompiled module, whose weights the graphs share.
+
+    torch.compile compiles lazily, at the first call, and fails there with a long traceback when the
+    machine cannot compile (no C++ compiler for the CPU backend, no Triton for CUDA). A tiny function is
+    compiled first on `device`, so such a machine gets a one-line TalInputError naming the option and
+    the fix before any training (not a silent fallback: a run that asked for compiled steps and timed
+    them would be timing something else).
+    """
+    def probe(x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) * 2 + 1
+
+    try:
+        torch.compile(probe)(torch.ones(8, device=device))
+    except Exception as exc:  # noqa: BLE001  (inductor raises many kinds; all mean "cannot compile here")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = (lines[-1] if lines else type(exc).__name__)[:200]
+        raise TalInputError(f"train.compile=true: torch.compile cannot compile on this machine ({reason}); "
+                            f"install a C++ compiler (e.g. apt-get install g++; on CUDA also triton), or set "
+                            f"train.compile=false") from None
+    return torch.compile(net)
 
 
 class _nullcontext:

@@ -29,6 +29,7 @@ max_avg_proposals 1000), proposal_tiou (default 0.5:0.95:0.05).
 """
 from __future__ import annotations
 
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +47,7 @@ from tal.eval.proposals import AR_AT, evaluate_proposals
 from tal.features.cache import FeatureCache, FeatureMeta, open_feature_cache
 from tal.ops.nms import postprocess_detections
 from tal.registry import MODELS, TASKS
-from tal.tasks.base import Task, check_section, require_files, to_device
+from tal.tasks.base import Prefetcher, Task, check_section, require_files, to_device
 from tal.tasks.grounding import feature_settings
 
 DATASET_KEYS = {"features", "annotations", "format", "train_subset", "val_subset", "mode", "num_steps",
@@ -246,8 +247,8 @@ class DetectionTask(Task):
         return features[start:start + chunk.num_valid]
 
     def _video_features(self, video: str) -> torch.Tensor:
-        if video not in self._features:
-            self._features[video] = torch.from_numpy(self.cache.features(video))
+        if video not in self._features:  # setdefault: prefetch threads may read a video at once
+            self._features.setdefault(video, torch.from_numpy(self.cache.features(video)))
         return self._features[video]
 
     # ------------------------------------------------------------------ model and batches
@@ -341,10 +342,12 @@ class DetectionTask(Task):
         proposals = self.is_proposal_head(model)
         priors = self.video_class_scores() if not proposals and self.data.get("classification") else {}
         results = {}
-        for vid, timing in self.video_items(split):
-            segments, scores, labels = self.detect_video(model, self._video_features(vid), timing, device,
-                                                         priors.get(vid))
-            results[vid] = detection_rows(self, segments, scores, labels, proposals)
+        items = self.video_items(split)
+        reader = Prefetcher(self.prefetch.num_workers)  # the features are cut into windows: nothing to pin
+        with closing(reader.map(self._video_features, [vid for vid, _ in items])) as features:
+            for (vid, timing), video_features in zip(items, features):
+                segments, scores, labels = self.detect_video(model, video_features, timing, device, priors.get(vid))
+                results[vid] = detection_rows(self, segments, scores, labels, proposals)
         out = {"version": "tal", "results": results, "external_data": {}}
         if proposals and self.data.get("classification"):
             out["detections"] = fuse_video_classes(results, read_classification(self.data["classification"]),

@@ -9,6 +9,7 @@ query, default 5), `recall` ([1, 5]), `iou` ([0.3, 0.5, 0.7]), `iou_ge`, `batch_
 """
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -164,8 +165,8 @@ class GroundingTask(Task):
         return average_to_num_clips(x, self.num_steps)
 
     def _clips_of(self, video: str) -> torch.Tensor:
-        if video not in self._clips:
-            self._clips[video] = self.video_clips(self.cache.features(video))
+        if video not in self._clips:  # setdefault: with prefetch threads, every batch holds the same tensor
+            self._clips.setdefault(video, self.video_clips(self.cache.features(video)))
         return self._clips[video]
 
     # ------------------------------------------------------------------ model and batches
@@ -230,11 +231,16 @@ class GroundingTask(Task):
         model.eval()
         queries = self.split_queries(split)
         size = int(self.eval_cfg.get("batch_size", 32))
-        for start in range(0, len(queries), size):
-            chunk = queries[start:start + size]
-            batch = self.make_batch(model, [self._clips_of(q.video) for q in chunk], [q.query for q in chunk],
-                                    [q.duration for q in chunk], [q.segment for q in chunk] if with_segments else None)
-            yield chunk, to_device(batch, device)
+
+        def build(chunk: list[GroundingQuery]) -> tuple[list[GroundingQuery], dict]:
+            return chunk, self.make_batch(model, [self._clips_of(q.video) for q in chunk], [q.query for q in chunk],
+                                          [q.duration for q in chunk],
+                                          [q.segment for q in chunk] if with_segments else None)
+
+        chunks = (queries[start:start + size] for start in range(0, len(queries), size))
+        with closing(self.prefetch.map(build, chunks)) as built:
+            for chunk, batch in built:
+                yield chunk, to_device(batch, device)
 
     @torch.no_grad()
     def validation_loss(self, model: nn.Module, split: str, device: torch.device) -> float:
@@ -276,6 +282,13 @@ class GroundingTask(Task):
     @property
     def selected_on_test(self) -> bool:
         return "val" not in self.splits and not self.data.get("val")
+
+    @property
+    def concurrent_batches(self) -> bool:  # type: ignore[override]
+        """A frozen sentence encoder (MiniLM, CLIP) encodes each new sentence with the others of its first
+        batch, and its vectors can differ in the last bit with that company: one builder thread keeps the
+        order of num_workers=0."""
+        return self.text_cfg.get("encoder", "lstm") == "lstm"
 
     def describe(self) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in self.splits.items())

@@ -13,6 +13,9 @@ Sections, one table each (and one JSON document with --json):
               since the row started; CPU: the process's peak RSS so far)
   evaluators  detection mAP (ActivityNet-style JSON, 10 tIoUs) and grounding recall on random data
   nms         hard per-class NMS and capped gaussian soft-NMS on device tensors
+  loader      one training epoch from the HDF5 cache (fresh task: every video read once) of 2D-TAN and
+              A2Net, with train.num_workers 0 and 2 and, on CUDA, train.pin_memory off and on: training
+              inputs/s including the batch building and the host -> device copies
   extract     for r2plus1d_18 and i3d, when `tal.features.backbones` registers them: clips/s of
               extraction end to end against decode-only clips/s over the same windows
 """
@@ -152,6 +155,54 @@ def head_row(head: str, sets: dict[str, Path], device, amp: bool, quick: bool) -
         return dict(head=head, amp=amp, error=str(error).splitlines()[0])
 
 
+LOADER_HEADS = ("2dtan", "a2net")
+
+
+def bench_loader(sets: dict[str, Path], device, quick: bool) -> list[dict]:
+    """Training inputs/s of one epoch read from the cache, per num_workers and pin_memory (as the trainer).
+
+    Each head first runs one untimed epoch, so no row pays the process's first-call costs."""
+    import torch
+
+    from tal.engine.optim import build_optimizer
+    from tal.tasks import build_task
+    from tal.tasks.base import Prefetcher, global_batches, to_device
+
+    def epoch(head: str, workers: int, pin: bool) -> tuple[int, float]:
+        torch.manual_seed(0)
+        cfg = head_config(head, sets, quick)
+        task = build_task(cfg)  # fresh: every video is read from the cache again
+        model = task.build_model().to(device).train()
+        optimizer = build_optimizer(model, cfg["train"])
+        batch_size = min(int(cfg["train"]["batch_size"]), 8 if quick else 32)
+        order = torch.randperm(task.num_train_items(), generator=torch.Generator().manual_seed(0))
+        sync(device)
+        start = time.perf_counter()
+        items = 0
+        for batch in Prefetcher(workers, pin).map(lambda idx: task.train_batch(model, idx),
+                                                  global_batches(order, batch_size)):
+            loss = model(to_device(batch, device))["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            items += len(batch["duration"]) if "duration" in batch else len(batch["features"])
+        sync(device)
+        return items, time.perf_counter() - start
+
+    rows = []
+    pins = (False, True) if device.type == "cuda" else (False,)
+    for head in LOADER_HEADS:
+        epoch(head, 0, False)
+        for workers in (0, 2):
+            for pin in pins:
+                print(f"loader {head}, num_workers {workers}, pin_memory {'on' if pin else 'off'} ...",
+                      file=sys.stderr, flush=True)
+                items, seconds = epoch(head, workers, pin)
+                rows.append(dict(head=head, num_workers=workers, pin_memory=pin, inputs=items,
+                                 train_inputs_per_s=items / seconds))
+    return rows
+
+
 def bench_evaluators(scratch: Path, quick: bool) -> list[dict]:
     import numpy as np
 
@@ -252,6 +303,10 @@ def print_tables(report: dict) -> None:
     print(f"\n{'nms':<24} {'segments':>8} {'median ms':>10}")
     for r in report["nms"]:
         print(f"{r['method']:<24} {r['segments']:>8} {r['median_ms']:>10.2f}")
+    print(f"\n{'loader':<8} {'num_workers':>11} {'pin_memory':>10} {'inputs':>7} {'train inputs/s':>15}")
+    for r in report["loader"]:
+        print(f"{r['head']:<8} {r['num_workers']:>11} {'on' if r['pin_memory'] else 'off':>10} {r['inputs']:>7} "
+              f"{r['train_inputs_per_s']:>15.1f}")
     print(f"\n{'backbone':<12} {'clips':>6} {'end to end clips/s':>19} {'decode only clips/s':>20} {'ratio':>6}")
     for r in report["extract"]:
         print(f"{r['backbone']:<12} {r['clips']:>6} {r['end_to_end_clips_per_s']:>19.2f} "
@@ -284,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   heads=[head_row(h, sets, device, amp, args.quick) for h in heads for amp in (False, True)],
                   evaluators=bench_evaluators(args.scratch, args.quick), nms=bench_nms(device, args.quick),
+                  loader=bench_loader(sets, device, args.quick),
                   extract=bench_extract(args.scratch, device, args.quick))
     report["total_s"] = time.perf_counter() - started
     print_tables(report)
