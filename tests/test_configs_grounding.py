@@ -100,7 +100,7 @@ def test_config_builds_its_head_without_data(name, glove_file):
     assert {c.kernel_size for c in model.map_conv.convs} == {(model_cfg["map_kernel"],) * 2}
     # 2D-TAN's (K-1)L/2 padding lives in MaskedMapConv's canvas, equal to the official stack (test_tan2d.py)
     assert all(c.padding == (0, 0) for c in model.map_conv.convs)
-    assert model.map_conv.half == (model_cfg["map_kernel"] - 1) // 2
+    assert model.map_conv.map_size == (num_clips, num_clips)
     assert isinstance(model.prop, {"pool": SparsePropPool, "conv": SparsePropConv}[model_cfg["prop"]])
     assert (model.min_iou, model.max_iou) == (model_cfg["loss"]["min_iou"], model_cfg["loss"]["max_iou"])
 

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tal.errors import TalInputError
-from tal.models.layers import MaskedMapConv, average_to_num_clips, masked_conv_weights, needed_cells
+from tal.models.layers import average_to_num_clips
+from tal.models.map_conv import MaskedMapConv, masked_conv_weights, needed_cells
 from tal.models.tan2d import (
     SparsePropConv,
     SparsePropPool,
@@ -144,9 +146,44 @@ def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips
         out = conv(x)
     assert torch.allclose(out * mask, expected, rtol=1e-5, atol=1e-7 * float(expected.abs().max()))
     assert float(expected.abs().max()) > 0
-    cells = sum((t.bottom - t.top) * (t.right - t.left) for tiles in conv.tiles for t in tiles)
     official_cells = sum((num_clips + (kernel - 1) * (layers - i - 1)) ** 2 for i in range(layers))
-    assert cells < 0.65 * official_cells  # the padded official stack computes every cell of every layer
+    assert conv.num_pairs < 0.41 * official_cells * kernel ** 2  # the padded stack: every tap of every cell
+
+
+@pytest.mark.parametrize("num_clips, kernel, layers", [(16, 5, 8), (64, 9, 4)])
+def test_map_conv_gradients_equal_the_official_stacks(num_clips, kernel, layers):
+    torch.manual_seed(0)
+    mask = sparse_map_mask(num_clips)
+    conv = MaskedMapConv(mask, 3, 4, kernel, layers)
+    for layer in conv.convs:  # weights that keep every layer alive (the default init dies out in 8 layers)
+        nn.init.normal_(layer.weight, std=3.0 / kernel)
+        nn.init.normal_(layer.bias, std=0.1)
+    x = (torch.randn(2, 3, num_clips, num_clips) * mask).requires_grad_()
+    upstream = torch.randn(2, 4, num_clips, num_clips)
+    grads = []
+    for run in (conv, lambda v: official_map_conv(conv, mask, v)):
+        conv.zero_grad()
+        x.grad = None
+        ((run(x) * mask) * upstream).sum().backward()
+        grads.append([x.grad * mask] + [p.grad.clone() for p in conv.parameters()])  # callers mask the input
+    for ours, theirs in zip(*grads):
+        assert float(theirs.abs().max()) > 0
+        assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
+
+
+def test_map_conv_under_autocast_computes_in_the_autocast_dtype():
+    torch.manual_seed(0)
+    mask = sparse_map_mask(16)
+    conv = MaskedMapConv(mask, 8, 8, 5, 2)
+    x = (torch.randn(2, 8, 16, 16) * mask).requires_grad_()
+    with torch.no_grad():
+        full = conv(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = conv(x)
+    assert half.dtype == torch.bfloat16
+    assert torch.allclose(half.float(), full, rtol=0.05, atol=0.02 * float(full.abs().max()))
+    half.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and conv.convs[0].weight.grad.dtype == torch.float32
 
 
 def test_map_conv_on_a_rectangular_map_matches_the_official_rule():

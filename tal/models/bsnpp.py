@@ -32,7 +32,7 @@ ActivityNet). A shared base (two kernel-3 temporal convs) feeds two branches:
   paper's full attention, the default 4 keeps a 100 x 100 map affordable on a CPU) and
   channel-aware (a C x C attention from the channels' similarity over the valid cells). Dot
   products are scaled by 1 / sqrt(their length), as in transformers, so the softmax does not
-  saturate over thousands of cells. Then masked 2D convs (`tal.models.layers.MaskedMapConv`) and a
+  saturate over thousands of cells. Then masked 2D convs (`tal.models.map_conv.MaskedMapConv`) and a
   1x1 conv give two confidences per cell: regression (trained to the cell's IoU) and classification.
 
 Losses (one vectorized function each, batch-level counts as BMN):
@@ -85,7 +85,8 @@ from torch import nn
 
 from tal.errors import TalInputError
 from tal.models.a2net import pad_ground_truth
-from tal.models.layers import MaskedMapConv, sample_segment_features
+from tal.models.layers import sample_segment_features
+from tal.models.map_conv import MaskedMapConv
 from tal.ops.nms import postprocess_detections
 from tal.ops.segments import tiou
 from tal.registry import MODELS, model_section

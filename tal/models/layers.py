@@ -1,10 +1,11 @@
-"""Building blocks shared by the heads: clip resampling, temporal convs, span pooling, masked 2D convs.
+"""Building blocks shared by the heads: clip resampling, temporal convs, span pooling, segment sampling.
+
+The masked 2D map convolutions (2D-TAN, S-2D-TAN, BSN++) are in `tal.models.map_conv`.
 
 Shapes use B batch, C channels, T input features, N clips.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
@@ -63,113 +64,6 @@ def iter_span_max(x: torch.Tensor, max_offset: int) -> Iterator[torch.Tensor]:
     for offset in range(1, max_offset + 1):
         current = torch.maximum(current[..., :-1], x[..., offset:])
         yield current
-
-
-def masked_conv_weights(mask: torch.Tensor, kernel_size: int, paddings: list[int]) -> list[torch.Tensor]:
-    """Per-layer output weights of a masked 2D conv stack (2D-TAN's MapConv re-normalisation).
-
-    For each layer, a cell's weight is 1 / (number of valid cells under its kernel), 0 where the kernel
-    sees none; the cells with a non-zero weight are the valid cells of the next layer.
-    mask [N, N] bool -> list of [1, 1, H_l, W_l] float.
-    """
-    ones = mask.new_ones(1, 1, kernel_size, kernel_size, dtype=torch.float32)
-    valid = mask.float()[None, None]
-    weights = []
-    for padding in paddings:
-        count = torch.round(F.conv2d(valid, ones, padding=padding))
-        weight = torch.where(count > 0, 1.0 / count.clamp(min=1), torch.zeros_like(count))
-        weights.append(weight)
-        valid = (count > 0).float()
-    return weights
-
-
-@dataclass(frozen=True)
-class MapTile:
-    """A rectangle of one layer's output cells, in canvas coordinates: rows [top, bottom), cols [left, right)."""
-
-    top: int
-    bottom: int
-    left: int
-    right: int
-
-
-def needed_cells(mask: torch.Tensor, kernel_size: int,
-                 num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
-    """Which cells of each layer of 2D-TAN's MapConv can reach a valid output, and their weights.
-
-    The official stack pads the map by P = (K-1)L/2 once, so layer l's output covers P - l*h more
-    cells on each side than the map (h = (K-1)/2), and most of them are either weighted 0 (the kernel
-    saw no valid cell) or outside every valid output cell's receptive field. Layer L needs the valid
-    cells; layer l needs the cells of non-zero weight within h of a cell layer l+1 needs. Everything is
-    placed on one canvas, the map plus a margin m on each side (what the needed cells and their kernels
-    reach). mask [H, W] bool -> (per layer: needed [H + 2m, W + 2m] bool, weight of the same shape, 0
-    off the needed cells), m.
-    """
-    (height, width), half = mask.shape, (kernel_size - 1) // 2
-    pad = half * num_layers
-    official = masked_conv_weights(mask, kernel_size, [pad] + [0] * (num_layers - 1))
-    weights = [F.pad(w[0, 0], [half * (i + 1)] * 4) for i, w in enumerate(official)]  # [H + 2P, W + 2P] each
-    needed = [torch.zeros_like(weights[0], dtype=torch.bool) for _ in range(num_layers)]
-    needed[-1][pad:pad + height, pad:pad + width] = mask
-    for layer in range(num_layers - 2, -1, -1):
-        grown = F.max_pool2d(needed[layer + 1].float()[None, None], kernel_size, 1, half)[0, 0] > 0
-        needed[layer] = grown & (weights[layer] > 0)
-    rows, cols = torch.stack(needed).any(dim=0).nonzero(as_tuple=True)
-    reach = max(pad - int(rows.min()), int(rows.max()) + 1 - pad - height,
-                pad - int(cols.min()), int(cols.max()) + 1 - pad - width, 0)
-    margin = reach + half
-    crop = (slice(pad - margin, pad + height + margin), slice(pad - margin, pad + width + margin))
-    return [n[crop] for n in needed], [(w * n)[crop] for w, n in zip(weights, needed)], margin
-
-
-def map_tiles(needed: torch.Tensor, strip: int) -> list[MapTile]:
-    """Cover the needed cells [M, M] with one rectangle per strip of `strip` rows (bounding box of that strip)."""
-    tiles = []
-    for top in range(0, needed.shape[0], strip):
-        rows = needed[top:top + strip]
-        row_ids, col_ids = rows.nonzero(as_tuple=True)
-        if len(row_ids):
-            tiles.append(MapTile(top + int(row_ids.min()), top + int(row_ids.max()) + 1, int(col_ids.min()),
-                                 int(col_ids.max()) + 1))
-    return tiles
-
-
-class MaskedMapConv(nn.Module):
-    """A stack of 2D convs over a sparse map whose output is re-weighted by the valid cells it saw.
-
-    The same numbers as 2D-TAN's MapConv (first layer padded by (K-1)*L/2, the rest unpadded, each layer
-    ReLU(conv(x)) * weight, `masked_conv_weights`) on every cell that can reach a valid output, but only
-    those cells are computed: each layer convolves a few row strips that cover its needed cells
-    (`needed_cells`, `map_tiles`), on a canvas barely larger than the map. Cells no valid output can see
-    are 0 (the official code leaves values there; callers mask them away). Tiles and weights are built
-    once. x [B, C_in, H, W] -> [B, C_out, H, W] (mask [H, W]).
-    """
-
-    def __init__(self, mask: torch.Tensor, in_dim: int, hidden_dim: int, kernel_size: int, num_layers: int,
-                 strip: int = 8):
-        super().__init__()
-        if kernel_size % 2 == 0:
-            raise ValueError(f"map convs need an odd kernel, got {kernel_size=}")
-        dims = [in_dim] + [hidden_dim] * num_layers
-        self.convs = nn.ModuleList(nn.Conv2d(dims[i], dims[i + 1], kernel_size) for i in range(num_layers))
-        self.half, self.map_size = (kernel_size - 1) // 2, tuple(mask.shape)
-        needed, weights, self.margin = needed_cells(mask.cpu(), kernel_size, num_layers)
-        self.tiles = [map_tiles(n, strip) for n in needed]
-        for i, weight in enumerate(weights):
-            self.register_buffer(f"weight_{i}", weight, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        canvas = F.pad(x, [self.margin] * 4)  # [B, C, M, M]
-        h = self.half
-        for i, (conv, tiles) in enumerate(zip(self.convs, self.tiles)):
-            weight = getattr(self, f"weight_{i}")
-            values = [F.relu(conv(canvas[:, :, t.top - h:t.bottom + h, t.left - h:t.right + h]))
-                      * weight[t.top:t.bottom, t.left:t.right] for t in tiles]
-            canvas = values[0].new_zeros(canvas.shape[0], conv.out_channels, *canvas.shape[2:])  # autocast's dtype
-            for t, value in zip(tiles, values):
-                canvas[:, :, t.top:t.bottom, t.left:t.right] = value
-        (m, (height, width)) = self.margin, self.map_size
-        return canvas[:, :, m:m + height, m:m + width]
 
 
 # ---------------------------------------------------------------------------------------------------

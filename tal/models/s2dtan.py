@@ -55,7 +55,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tal.errors import TalInputError
-from tal.models.layers import MaskedMapConv, TemporalConvPool
+from tal.models.layers import TemporalConvPool
+from tal.models.map_conv import MaskedMapConv
 from tal.models.tan2d import (
     SparsePropConv,
     SparsePropPool,

@@ -32,7 +32,8 @@ from torch import nn
 
 from tal.errors import TalInputError
 from tal.registry import MODELS, model_section
-from tal.models.layers import MaskedMapConv, TemporalConvPool, iter_span_max
+from tal.models.layers import TemporalConvPool, iter_span_max
+from tal.models.map_conv import MaskedMapConv
 from tal.models.text import Vocabulary, build_text_encoder
 from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import tiou
@@ -265,13 +266,19 @@ class Tan2D(nn.Module):
             raise ValueError(f"features have {features.shape[1]} steps, 2D-TAN expects num_clips * frame_stride = "
                              f"{expected} (average_to_num_clips)")
         clips = self.frame(features.transpose(1, 2))  # [V, C, N]
-        cell_map = self.map_proj(self.prop(clips))  # [V, C, N, N]
+        cells = self.map_conv.cells  # the valid cells, row-major: the map conv's own order
+        cell_values = self.prop(clips).flatten(2).index_select(2, cells)  # [V, C, n]
+        cell_values = self.map_proj(cell_values[..., None])[..., 0]  # the 1x1 conv on the valid cells only
         if batch.get("video_index") is not None:
-            cell_map = cell_map[batch["video_index"].to(features.device)]  # [B, C, N, N]
+            cell_values = cell_values[batch["video_index"].to(features.device)]  # [B, C, n]
         sentence = self.text_proj(self.text(batch).to(features.device))  # [B, C]
-        mask = self.mask.to(features.dtype)
-        fused = F.normalize(sentence[:, :, None, None] * cell_map, dim=1) * mask  # [B, C, N, N]
-        return self.score(self.map_conv(fused))[:, 0] * mask  # [B, N, N]
+        fused = F.normalize(cell_values.permute(2, 0, 1) * sentence, dim=-1)  # [n, B, C]
+        out = self.map_conv.forward_cells(fused)  # [n, B, C]
+        weight, bias = self.score.weight.view(1, -1), self.score.bias  # the 1x1 score conv
+        scores = F.linear(out, weight.to(out.dtype), bias.to(out.dtype))[..., 0]  # [n, B]
+        logits = scores.new_zeros(scores.shape[1], self.num_clips * self.num_clips)
+        logits[:, cells] = scores.T
+        return logits.view(-1, self.num_clips, self.num_clips)  # [B, N, N]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         iou = batch.get("iou_targets")

@@ -1,0 +1,272 @@
+"""2D-TAN's masked map convolutions, computed on the cells that matter only.
+
+2D-TAN's MapConv pads the map by P = (K-1)L/2 once, then runs L unpadded KxK convs; after each, a cell
+is ReLU(conv) times 1 / (valid cells under its kernel), 0 where the kernel saw none. Most of what the
+padded stack computes never reaches a valid output, and most of what a kernel reads is 0 (the map is
+sparse and so is its padding). `MaskedMapConv` gives the same numbers while multiplying only pairs of
+(needed output cell, computed input cell): per layer and kernel tap one gather, one GEMM and one
+accumulation over a plan of cell pairs built once (`conv_pairs`). Cells are rows of [cells + 1, B, C]
+tensors (the last row is 0), so a gather moves whole batches of channels.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def masked_conv_weights(mask: torch.Tensor, kernel_size: int, paddings: list[int]) -> list[torch.Tensor]:
+    """Per-layer output weights of a masked 2D conv stack (2D-TAN's MapConv re-normalisation).
+
+    For each layer, a cell's weight is 1 / (number of valid cells under its kernel), 0 where the kernel
+    sees none; the cells with a non-zero weight are the valid cells of the next layer.
+    mask [N, N] bool -> list of [1, 1, H_l, W_l] float.
+    """
+    ones = mask.new_ones(1, 1, kernel_size, kernel_size, dtype=torch.float32)
+    valid = mask.float()[None, None]
+    weights = []
+    for padding in paddings:
+        count = torch.round(F.conv2d(valid, ones, padding=padding))
+        weight = torch.where(count > 0, 1.0 / count.clamp(min=1), torch.zeros_like(count))
+        weights.append(weight)
+        valid = (count > 0).float()
+    return weights
+
+
+def needed_cells(mask: torch.Tensor, kernel_size: int,
+                 num_layers: int) -> tuple[list[torch.Tensor], list[torch.Tensor], int]:
+    """Which cells of each layer of 2D-TAN's MapConv can reach a valid output, and their weights.
+
+    The official stack pads the map by P = (K-1)L/2 once, so layer l's output covers P - l*h more
+    cells on each side than the map (h = (K-1)/2), and most of them are either weighted 0 (the kernel
+    saw no valid cell) or outside every valid output cell's receptive field. Layer L needs the valid
+    cells; layer l needs the cells of non-zero weight within h of a cell layer l+1 needs. Everything is
+    placed on one canvas, the map plus a margin m on each side (what the needed cells and their kernels
+    reach). mask [H, W] bool -> (per layer: needed [H + 2m, W + 2m] bool, weight of the same shape, 0
+    off the needed cells), m.
+    """
+    (height, width), half = mask.shape, (kernel_size - 1) // 2
+    pad = half * num_layers
+    official = masked_conv_weights(mask, kernel_size, [pad] + [0] * (num_layers - 1))
+    weights = [F.pad(w[0, 0], [half * (i + 1)] * 4) for i, w in enumerate(official)]  # [H + 2P, W + 2P] each
+    needed = [torch.zeros_like(weights[0], dtype=torch.bool) for _ in range(num_layers)]
+    needed[-1][pad:pad + height, pad:pad + width] = mask
+    for layer in range(num_layers - 2, -1, -1):
+        grown = F.max_pool2d(needed[layer + 1].float()[None, None], kernel_size, 1, half)[0, 0] > 0
+        needed[layer] = grown & (weights[layer] > 0)
+    rows, cols = torch.stack(needed).any(dim=0).nonzero(as_tuple=True)
+    reach = max(pad - int(rows.min()), int(rows.max()) + 1 - pad - height,
+                pad - int(cols.min()), int(cols.max()) + 1 - pad - width, 0)
+    margin = reach + half
+    crop = (slice(pad - margin, pad + height + margin), slice(pad - margin, pad + width + margin))
+    return [n[crop] for n in needed], [(w * n)[crop] for w, n in zip(weights, needed)], margin
+
+
+# A tap whose pairs cover at least this share of its output cells runs over all of them ("dense": one gather
+# and one accumulating GEMM, the missing partners read the zero row); sparser taps multiply their pairs only
+# and scatter the products with a gather ("sparse"). At N=16, K5L8 on the CPU, 0.6, 0.9 and "always
+# sparse" were within 5% of each other; dense taps need no product buffer. (Slice-to-slice GEMMs over runs
+# of consecutive cells, with no gather at all, were 4% faster there but 30% slower at N=64, batch 2.)
+DENSE_TAP_SHARE = 0.6
+
+
+class TapPlan(NamedTuple):
+    """How one kernel tap of one layer runs; (start, end) slices of the layer's packed index buffer.
+
+    dense: forward gathers input rows `fwd` [n_out] (n_in = the zero row), backward gathers output
+    rows `bwd` [n_in] (n_out = the zero row); `fwd_same` / `bwd_same` mark an identity gather (skipped).
+    sparse: `fwd` holds the pairs' input rows, `bwd` their output rows, `fwd_map` [n_out] and
+    `bwd_map` [n_in] each cell's pair (the pair count where it has none).
+    """
+
+    tap: int
+    dense: bool
+    fwd: tuple[int, int]
+    bwd: tuple[int, int]
+    fwd_map: tuple[int, int] = (0, 0)
+    bwd_map: tuple[int, int] = (0, 0)
+    fwd_same: bool = False
+    bwd_same: bool = False
+
+
+def conv_pairs(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
+               dense_share: float | None = None) -> tuple[torch.Tensor, list[TapPlan], int]:
+    """Plan a KxK conv from one cell set to another, tap by tap, over the cell pairs it multiplies.
+
+    inputs, outputs [H, W] bool on one canvas; each set's cells are numbered in row-major order, and the
+    row after the last (n_in, n_out) is a zero row. Output cell (r, c) reads input (r + dy - h, c + dx - h)
+    through tap (dy, dx), h = (K-1)/2, as an unpadded conv2d does; taps that pair nothing are left out.
+    Within a tap a cell has at most one partner, so every scatter is a gather. -> (packed index buffer
+    [long], plans, pairs multiplied per sample).
+    """
+    dense_share = DENSE_TAP_SHARE if dense_share is None else dense_share
+    half = (kernel_size - 1) // 2
+    num_in, num_out = int(inputs.sum()), int(outputs.sum())
+    index = torch.full(inputs.shape, -1, dtype=torch.long)
+    index[inputs] = torch.arange(num_in)
+    index = F.pad(index, [half] * 4, value=-1)  # a tap may look past the canvas edge: no input there
+    rows, cols = outputs.nonzero(as_tuple=True)
+    parts, plans, size, num_pairs = [], [], 0, 0
+
+    def put(values: torch.Tensor) -> tuple[int, int]:
+        nonlocal size
+        parts.append(values)
+        size += len(values)
+        return size - len(values), size
+
+    for tap in range(kernel_size * kernel_size):
+        source = index[rows + tap // kernel_size, cols + tap % kernel_size]  # [n_out], -1: no partner
+        keep = (source >= 0).nonzero(as_tuple=True)[0]
+        count = len(keep)
+        if not count:
+            continue
+        num_pairs += count
+        if count >= dense_share * num_out:
+            fwd = torch.where(source >= 0, source, num_in)
+            bwd = torch.full((num_in,), num_out, dtype=torch.long).index_copy_(0, source[keep], keep)
+            plans.append(TapPlan(tap, True, put(fwd), put(bwd),
+                                 fwd_same=num_in >= num_out and bool((fwd == torch.arange(num_out)).all()),
+                                 bwd_same=num_out >= num_in and bool((bwd == torch.arange(num_in)).all())))
+        else:
+            local = torch.arange(count)
+            fwd_map = torch.full((num_out,), count, dtype=torch.long).index_copy_(0, keep, local)
+            bwd_map = torch.full((num_in,), count, dtype=torch.long).index_copy_(0, source[keep], local)
+            plans.append(TapPlan(tap, False, put(source[keep]), put(keep), put(fwd_map), put(bwd_map)))
+    packed = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    return packed, plans, num_pairs
+
+
+def _gather(rows: torch.Tensor, index: torch.Tensor, span: tuple[int, int], same: bool, count: int) -> torch.Tensor:
+    """rows[index[span]] as [count * B, C] (the first `count` rows where the gather is the identity)."""
+    picked = rows[:count] if same else rows.index_select(0, index[span[0]:span[1]])
+    return picked.view(-1, rows.shape[-1])
+
+
+def _scatter_add(total: torch.Tensor, products: torch.Tensor, cell_map: torch.Tensor) -> None:
+    """total[cell] += products[cell_map[cell]] with a zero row after the products (index_add_ is several
+    times slower than index_select on the CPU). products [p, B, C], total [n + 1, B, C] (n = len(cell_map))."""
+    buffer = torch.cat([products, products.new_zeros(1, *products.shape[1:])])
+    total[:len(cell_map)].add_(buffer.index_select(0, cell_map))
+
+
+class _PairConv(torch.autograd.Function):
+    """conv2d on cell lists: x [n_in + 1, B, C_in] -> [n_out + 1, B, C_out] (last rows: the zero row in,
+    bias out; callers weight it by 0), bias on every output cell.
+
+    Only x is kept for backward (each tap's gather is redone there), so memory does not grow with the
+    number of pairs. Under autocast the work runs in the autocast dtype, gradients come back in the
+    inputs' dtypes.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, index, plans, num_out):
+        c_out, c_in, k, _ = weight.shape
+        batch, num_in = x.shape[1], x.shape[0] - 1
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(dtype).contiguous()
+            taps = weight.to(dtype).permute(2, 3, 1, 0).reshape(k * k, c_in, c_out).contiguous()  # [K*K, Ci, Co]
+            out = bias.to(dtype).expand(num_out + 1, batch, c_out).contiguous()
+            flat = out[:num_out].view(-1, c_out)
+            for plan in plans:
+                if plan.dense:
+                    flat.addmm_(_gather(x, index, plan.fwd, plan.fwd_same, num_out), taps[plan.tap])
+                else:
+                    rows = _gather(x, index, plan.fwd, False, 0)
+                    _scatter_add(out, (rows @ taps[plan.tap]).view(-1, batch, c_out),
+                                 index[plan.fwd_map[0]:plan.fwd_map[1]])
+        ctx.save_for_backward(x, taps, index)
+        ctx.plans, ctx.kernel, ctx.num_in = plans, k, num_in
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, taps, index = ctx.saved_tensors
+        (x_dtype, weight_dtype, bias_dtype), k, num_in = ctx.dtypes, ctx.kernel, ctx.num_in
+        _, c_in, c_out = taps.shape
+        batch, num_out = x.shape[1], grad.shape[0] - 1
+        grad = grad.to(x.dtype).contiguous()  # its last row is 0: the bias row is weighted by 0
+        want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
+        grad_x = torch.zeros_like(x) if want_x else None
+        grad_taps = torch.zeros_like(taps) if want_weight else None
+        with torch.autocast(x.device.type, enabled=False):
+            for plan in ctx.plans:
+                if plan.dense:
+                    if want_x:
+                        grad_x[:num_in].view(-1, c_in).addmm_(_gather(grad, index, plan.bwd, plan.bwd_same, num_in),
+                                                              taps[plan.tap].T)
+                    if want_weight:
+                        rows = _gather(x, index, plan.fwd, plan.fwd_same, num_out)
+                        torch.mm(rows.T, grad[:num_out].view(-1, c_out), out=grad_taps[plan.tap])
+                else:
+                    g = _gather(grad, index, plan.bwd, False, 0)  # [p * B, C_out]
+                    if want_x:
+                        _scatter_add(grad_x, (g @ taps[plan.tap].T).view(-1, batch, c_in),
+                                     index[plan.bwd_map[0]:plan.bwd_map[1]])
+                    if want_weight:
+                        torch.mm(_gather(x, index, plan.fwd, False, 0).T, g, out=grad_taps[plan.tap])
+        grad_weight = None if grad_taps is None else \
+            grad_taps.view(k, k, c_in, c_out).permute(3, 2, 0, 1).to(weight_dtype)
+        grad_bias = grad.sum(dim=(0, 1)).to(bias_dtype) if want_bias else None
+        return (None if grad_x is None else grad_x.to(x_dtype)), grad_weight, grad_bias, None, None, None
+
+
+class MaskedMapConv(nn.Module):
+    """A stack of 2D convs over a sparse map whose output is re-weighted by the valid cells it saw.
+
+    The same numbers as 2D-TAN's MapConv (first layer padded by (K-1)*L/2, the rest unpadded, each layer
+    ReLU(conv(x)) * weight, `masked_conv_weights`) on the valid cells, the only ones callers keep. The
+    input is read on the valid cells only (the official code's input is 0 elsewhere), each layer
+    computes the cells some valid output can see (`needed_cells`), and each of those only sums the taps
+    that fall on a cell the previous layer computed (`conv_pairs`). The pairs and per-cell weights are
+    buffers built once; the parameters are the usual `nn.Conv2d`s (`convs`), so checkpoints and the
+    official weights map one to one. x [B, C_in, H, W] -> [B, C_out, H, W], 0 off the mask; or, without
+    the round trip, `forward_cells` on [num_valid, B, C_in] (valid cells in row-major order).
+    """
+
+    def __init__(self, mask: torch.Tensor, in_dim: int, hidden_dim: int, kernel_size: int, num_layers: int):
+        super().__init__()
+        if kernel_size % 2 == 0:
+            raise ValueError(f"map convs need an odd kernel, got {kernel_size=}")
+        dims = [in_dim] + [hidden_dim] * num_layers
+        self.convs = nn.ModuleList(nn.Conv2d(dims[i], dims[i + 1], kernel_size) for i in range(num_layers))
+        mask = mask.cpu().bool()
+        needed, weights, margin = needed_cells(mask, kernel_size, num_layers)
+        valid = torch.zeros_like(needed[0])
+        valid[margin:margin + mask.shape[0], margin:margin + mask.shape[1]] = mask
+        self.plans, self.sizes, self.pair_counts = [], [], []
+        for i, (cells, weight) in enumerate(zip(needed, weights)):
+            index, plans, num_pairs = conv_pairs(needed[i - 1] if i else valid, cells, kernel_size)
+            self.register_buffer(f"index_{i}", index, persistent=False)
+            weight = F.pad(weight[cells], [0, 1])  # and 0 on the zero row
+            self.register_buffer(f"weight_{i}", weight[:, None, None], persistent=False)  # [n_i + 1, 1, 1]
+            self.plans.append(plans)
+            self.sizes.append(int(cells.sum()))
+            self.pair_counts.append(num_pairs)
+        self.register_buffer("cells", mask.flatten().nonzero(as_tuple=True)[0], persistent=False)
+        self.map_size = tuple(mask.shape)
+
+    @property
+    def num_pairs(self) -> int:
+        """Cell pairs multiplied per sample over all layers (the official stack: its cells times K*K)."""
+        return sum(self.pair_counts)
+
+    def forward_cells(self, x: torch.Tensor) -> torch.Tensor:
+        """x [num_valid, B, C_in] on the mask's cells (row-major) -> [num_valid, B, C_out]."""
+        x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row the taps read for a missing cell
+        for i, conv in enumerate(self.convs):
+            out = _PairConv.apply(x, conv.weight, conv.bias, getattr(self, f"index_{i}"), self.plans[i],
+                                  self.sizes[i])
+            x = F.relu(out) * getattr(self, f"weight_{i}").to(out.dtype)
+        return x[:-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        cells = x.flatten(2).index_select(2, self.cells).permute(2, 0, 1).contiguous()  # [n, B, C_in]
+        out = self.forward_cells(cells)  # [n, B, C_out]
+        grid = out.new_zeros(batch, out.shape[-1], height * width)
+        grid[..., self.cells] = out.permute(1, 2, 0)
+        return grid.view(batch, -1, height, width)
