@@ -144,10 +144,14 @@ def _gather(rows: torch.Tensor, index: torch.Tensor, span: tuple[int, int], same
     return picked.view(-1, rows.shape[-1])
 
 
-def _scatter_add(total: torch.Tensor, products: torch.Tensor, cell_map: torch.Tensor) -> None:
-    """total[cell] += products[cell_map[cell]] with a zero row after the products (index_add_ is several
-    times slower than index_select on the CPU). products [p, B, C], total [n + 1, B, C] (n = len(cell_map))."""
-    buffer = torch.cat([products, products.new_zeros(1, *products.shape[1:])])
+def _scatter_add(total: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, cell_map: torch.Tensor) -> None:
+    """total[cell] += (rows @ weight)[cell_map[cell]], the products written straight into a buffer whose
+    extra last row is 0 (index_add_ is several times slower than index_select on the CPU).
+    rows [p * B, C_a], weight [C_a, C_b], total [n + 1, B, C_b] (n = len(cell_map))."""
+    batch = total.shape[1]
+    buffer = rows.new_empty(rows.shape[0] // batch + 1, batch, weight.shape[1])
+    buffer[-1].zero_()
+    torch.mm(rows, weight, out=buffer[:-1].view(-1, weight.shape[1]))
     total[:len(cell_map)].add_(buffer.index_select(0, cell_map))
 
 
@@ -176,8 +180,7 @@ class _PairConv(torch.autograd.Function):
                     flat.addmm_(_gather(x, index, plan.fwd, plan.fwd_same, num_out), taps[plan.tap])
                 else:
                     rows = _gather(x, index, plan.fwd, False, 0)
-                    _scatter_add(out, (rows @ taps[plan.tap]).view(-1, batch, c_out),
-                                 index[plan.fwd_map[0]:plan.fwd_map[1]])
+                    _scatter_add(out, rows, taps[plan.tap], index[plan.fwd_map[0]:plan.fwd_map[1]])
         ctx.save_for_backward(x, taps, index)
         ctx.plans, ctx.kernel, ctx.num_in = plans, k, num_in
         return out
@@ -187,7 +190,7 @@ class _PairConv(torch.autograd.Function):
         x, taps, index = ctx.saved_tensors
         (x_dtype, weight_dtype, bias_dtype), k, num_in = ctx.dtypes, ctx.kernel, ctx.num_in
         _, c_in, c_out = taps.shape
-        batch, num_out = x.shape[1], grad.shape[0] - 1
+        num_out = grad.shape[0] - 1
         grad = grad.to(x.dtype).contiguous()  # its last row is 0: the bias row is weighted by 0
         want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
         grad_x = torch.zeros_like(x) if want_x else None
@@ -204,8 +207,7 @@ class _PairConv(torch.autograd.Function):
                 else:
                     g = _gather(grad, index, plan.bwd, False, 0)  # [p * B, C_out]
                     if want_x:
-                        _scatter_add(grad_x, (g @ taps[plan.tap].T).view(-1, batch, c_in),
-                                     index[plan.bwd_map[0]:plan.bwd_map[1]])
+                        _scatter_add(grad_x, g, taps[plan.tap].T, index[plan.bwd_map[0]:plan.bwd_map[1]])
                     if want_weight:
                         torch.mm(_gather(x, index, plan.fwd, False, 0).T, g, out=grad_taps[plan.tap])
         grad_weight = None if grad_taps is None else \
