@@ -258,12 +258,8 @@ def test_resume_with_more_epochs_equals_an_uninterrupted_run(kind, data, trained
     assert load_config(tmp_path / "config.yaml")["train"]["epochs"] == 2
 
 
-@pytest.mark.parametrize("kind", ["grounding", "detection"])
-def test_resume_after_a_kill_is_exact_with_a_schedule_that_depends_on_epochs(kind, data, tmp_path, monkeypatch):
-    """A run stopped during epoch 2 (cosine without warm-up: every LR depends on train.epochs), resumed."""
-    cfg = make_cfg(kind, data, "train.warmup_epochs=0")
-    full = run(cfg, tmp_path / "a")
-
+def kill_in_epoch_2(monkeypatch) -> None:
+    """Training raises KeyboardInterrupt when epoch 2 starts (epoch 1 is saved), until monkeypatch.undo()."""
     real_epoch = trainer_module.Trainer._train_epoch
 
     def killed_in_epoch_2(self, task, net, model, optimizer, scheduler, scaler, epoch, steps_per_epoch):
@@ -272,6 +268,15 @@ def test_resume_after_a_kill_is_exact_with_a_schedule_that_depends_on_epochs(kin
         return real_epoch(self, task, net, model, optimizer, scheduler, scaler, epoch, steps_per_epoch)
 
     monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", killed_in_epoch_2)
+
+
+@pytest.mark.parametrize("kind", ["grounding", "detection"])
+def test_resume_after_a_kill_is_exact_with_a_schedule_that_depends_on_epochs(kind, data, tmp_path, monkeypatch):
+    """A run stopped during epoch 2 (cosine without warm-up: every LR depends on train.epochs), resumed."""
+    cfg = make_cfg(kind, data, "train.warmup_epochs=0")
+    full = run(cfg, tmp_path / "a")
+
+    kill_in_epoch_2(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run(cfg, tmp_path / "b")
     monkeypatch.undo()

@@ -11,9 +11,8 @@ import time
 import pytest
 import torch
 
-from test_engine import assert_same_weights, detection_cfg, grounding_cfg, run, weights
+from test_engine import assert_same_weights, detection_cfg, grounding_cfg, kill_in_epoch_2, run, weights
 from tal.datasets.synthetic import make_detection_set, make_grounding_set
-from tal.engine import trainer as trainer_module
 from tal.engine.checkpoint import load_checkpoint
 from tal.engine.trainer import Trainer
 from tal.errors import TalInputError
@@ -117,14 +116,7 @@ def test_resume_with_workers_equals_an_uninterrupted_run_without(kind, data, tmp
     cfg = make_cfg(kind, data, "train.warmup_epochs=0")
     full = run(cfg, tmp_path / "a")
 
-    real_epoch = trainer_module.Trainer._train_epoch
-
-    def killed_in_epoch_2(self, task, net, model, optimizer, scheduler, scaler, epoch, steps_per_epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real_epoch(self, task, net, model, optimizer, scheduler, scaler, epoch, steps_per_epoch)
-
-    monkeypatch.setattr(trainer_module.Trainer, "_train_epoch", killed_in_epoch_2)
+    kill_in_epoch_2(monkeypatch)
     workers = copy.deepcopy(cfg)
     workers["train"]["num_workers"] = 2
     with pytest.raises(KeyboardInterrupt):
