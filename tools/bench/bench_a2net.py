@@ -99,9 +99,11 @@ class TalRunner:
         return {"loss": out["loss"], **{k[len("loss_"):]: v for k, v in out.items() if k.startswith("loss_")}}
 
     def train_step(self, inputs: dict) -> float:
+        """zero_grad, forward and loss, backward, Adam: the official train() loop's order (the same step for
+        both sides)."""
         self.model.train()
-        loss = self.model(inputs)["loss"]
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
+        loss = self.parts(inputs)["loss"]
         loss.backward()
         self.optimizer.step()
         return loss.item()
@@ -116,7 +118,7 @@ class TalRunner:
                     af_cls=out["af_logits"], af_reg=out["af_distances"])
 
 
-class OfficialRunner:
+class OfficialRunner(TalRunner):
     """The official LocNet, loss (lib/core/function.py's train loop, one batch) and optimiser."""
 
     def __init__(self, model, cfg, loss_module, match_module):
@@ -147,13 +149,6 @@ class OfficialRunner:
             torch.cat([level[k] for level in per_level], dim=1) for k in range(8))
         return anchors_x, anchors_w, overlap, cls, match_x, match_w, match_scores, match_labels
 
-    def train_step(self, inputs: dict) -> float:
-        self.model.train()
-        self.optimizer.zero_grad()
-        loss = self.parts(inputs)["loss"]
-        loss.backward()
-        self.optimizer.step()
-        return loss.item()
 
     def raw(self, inputs: dict) -> dict:
         import torch
