@@ -135,11 +135,12 @@ def official_map_conv(conv: MaskedMapConv, mask: torch.Tensor, x: torch.Tensor) 
     return x
 
 
+@pytest.mark.parametrize("strategy", ["pairs", "crop"])
 @pytest.mark.parametrize("num_clips, kernel, layers", [(16, 5, 8), (16, 9, 4), (64, 9, 4), (128, 5, 8)])
-def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips, kernel, layers):
+def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips, kernel, layers, strategy):
     torch.manual_seed(0)
     mask = sparse_map_mask(num_clips)
-    conv = MaskedMapConv(mask, 3, 4, kernel, layers)
+    conv = MaskedMapConv(mask, 3, 4, kernel, layers, strategy=strategy)
     x = torch.randn(2, 3, num_clips, num_clips) * mask
     with torch.no_grad():
         expected = official_map_conv(conv, mask, x) * mask
@@ -148,13 +149,24 @@ def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips
     assert float(expected.abs().max()) > 0
     official_cells = sum((num_clips + (kernel - 1) * (layers - i - 1)) ** 2 for i in range(layers))
     assert conv.num_pairs < 0.41 * official_cells * kernel ** 2  # the padded stack: every tap of every cell
+    assert conv.crop_products < 0.95 * official_cells * kernel ** 2
 
 
+def test_map_conv_strategy_by_products_and_bad_names():
+    # products per sample, 2D-TAN's N=16 K5L8 triangle: official 196,800, crop boxes 120,000, pairs 76,800
+    charades = MaskedMapConv(sparse_map_mask(16), 1, 1, 5, 8)
+    assert (charades.crop_products, charades.num_pairs, charades.strategy) == (120000, 76800, "crop")
+    assert MaskedMapConv(sparse_map_mask(64), 1, 1, 9, 4).strategy == "pairs"  # 1,689,984 vs 692,064
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        MaskedMapConv(sparse_map_mask(16), 1, 1, 5, 8, strategy="fast")
+
+
+@pytest.mark.parametrize("strategy", ["pairs", "crop"])
 @pytest.mark.parametrize("num_clips, kernel, layers", [(16, 5, 8), (64, 9, 4)])
-def test_map_conv_gradients_equal_the_official_stacks(num_clips, kernel, layers):
+def test_map_conv_gradients_equal_the_official_stacks(num_clips, kernel, layers, strategy):
     torch.manual_seed(0)
     mask = sparse_map_mask(num_clips)
-    conv = MaskedMapConv(mask, 3, 4, kernel, layers)
+    conv = MaskedMapConv(mask, 3, 4, kernel, layers, strategy=strategy)
     for layer in conv.convs:  # weights that keep every layer alive (the default init dies out in 8 layers)
         nn.init.normal_(layer.weight, std=3.0 / kernel)
         nn.init.normal_(layer.bias, std=0.1)
@@ -171,10 +183,11 @@ def test_map_conv_gradients_equal_the_official_stacks(num_clips, kernel, layers)
         assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6 * float(theirs.abs().max()))
 
 
-def test_map_conv_under_autocast_computes_in_the_autocast_dtype():
+@pytest.mark.parametrize("strategy", ["pairs", "crop"])
+def test_map_conv_under_autocast_computes_in_the_autocast_dtype(strategy):
     torch.manual_seed(0)
     mask = sparse_map_mask(16)
-    conv = MaskedMapConv(mask, 8, 8, 5, 2)
+    conv = MaskedMapConv(mask, 8, 8, 5, 2, strategy=strategy)
     x = (torch.randn(2, 8, 16, 16) * mask).requires_grad_()
     with torch.no_grad():
         full = conv(x)
@@ -186,11 +199,12 @@ def test_map_conv_under_autocast_computes_in_the_autocast_dtype():
     assert x.grad.dtype == torch.float32 and conv.convs[0].weight.grad.dtype == torch.float32
 
 
-def test_map_conv_on_a_rectangular_map_matches_the_official_rule():
+@pytest.mark.parametrize("strategy", ["pairs", "crop"])
+def test_map_conv_on_a_rectangular_map_matches_the_official_rule(strategy):
     torch.manual_seed(0)
     durations, steps = torch.arange(6)[:, None], torch.arange(20)[None]
     mask = steps + durations < 20  # BSN++'s [duration, start] map: a proposal must end inside the video
-    conv = MaskedMapConv(mask, 3, 4, 3, 2)
+    conv = MaskedMapConv(mask, 3, 4, 3, 2, strategy=strategy)
     x = torch.randn(2, 3, 6, 20) * mask
     with torch.no_grad():
         expected = official_map_conv(conv, mask, x) * mask
