@@ -263,12 +263,16 @@ def bench_extract(scratch: Path, device, quick: bool) -> list[dict]:
                                       resolve_settings)
 
     registered = {spec.name for spec in list_backbones()}
-    video = make_long_video(scratch / "video.mp4", 0.1 if quick else 1.0, 160 if quick else 320, 120 if quick else 240)
+    # --quick: 1.2 s of video and back-to-back windows, 2-3 clips per backbone (i3d's RAFT flow takes seconds
+    # a clip on a CPU; at its default stride of 4 frames a 6 s video made this section 6 minutes)
+    video = make_long_video(scratch / ("video_quick.mp4" if quick else "video.mp4"), 0.02 if quick else 1.0,
+                            160 if quick else 320, 120 if quick else 240)
     decoder = extraction_decoder("auto")
     rows = []
     for name in [b for b in EXTRACT_BACKBONES if b in registered]:
         backbone = build_backbone(name, "random", "cpu")
         fps, window, stride = resolve_settings(ExtractSettings(name), backbone.spec)
+        stride = window if quick else stride
         out = scratch / f"extract_{name}.h5"
         out.unlink(missing_ok=True)
         settings = ExtractSettings(name, "random", fps, window, stride, 4 if quick else 16, decoder, 0 if quick else 2,
