@@ -15,6 +15,16 @@ class and class agnostic, capped and not. A row
 gives the same keep set: a reference point for the hard rows. Run it alone on the machine:
 
     flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_nms.py --runs 7 --json bench_nms.json
+
+With `--actionformer CHECKOUT` (happyharrycn/actionformer_release, outside the project; its C++ op is
+compiled into --build-dir, `official_actionformer_nms.py`) four more rows per scenario time
+ActionFormer's own `batched_nms` next to tal's `postprocess_detections` with the same settings:
+gaussian soft-NMS (sigma 0.5, floor 0.001) per class and class-agnostic, and hard NMS (tIoU 0.5) per
+class, capped at --max-detections. ActionFormer caps after its C++ loop has run over every segment;
+tal stops once the cap is settled, which is part of what the rows measure. Each row reports the
+largest score difference of the two outputs (they rank the same segments; ties are broken apart
+differently, and the C++ adds 1e-6 to each length). ActionFormer post-processes 2,000 segments a
+video (`pre_nms_topk`): `--num-segments 2000` is its case.
 """
 from __future__ import annotations
 
@@ -103,6 +113,38 @@ def timed(runs: int, fn: Callable[[], object]) -> tuple[list[float], object]:
     return times, result
 
 
+def side_by_side(actionformer, scenario: str, segments, scores, labels, max_detections: int, runs: int) -> list[dict]:
+    """ActionFormer's batched_nms and tal's postprocess_detections, same settings, timed in turn, capped
+    at max_detections and not (ActionFormer: max_seg_num = every segment)."""
+    soft_theirs = dict(iou_threshold=0.5, min_score=0.001, sigma=0.5, use_soft_nms=True)
+    soft_ours = dict(method="soft-gaussian", score_threshold=0.001, sigma=0.5, iou_threshold=0.5)
+    cases = [  # (name, ActionFormer's keywords, tal's keywords)
+        ("soft-gaussian per-class", dict(soft_theirs, multiclass=True), soft_ours),
+        ("soft-gaussian class-agnostic", dict(soft_theirs, multiclass=False, voting_thresh=0.0),
+         dict(soft_ours, class_agnostic=True)),
+        ("hard per-class", dict(iou_threshold=0.5, min_score=0.001, use_soft_nms=False),
+         dict(method="hard", iou_threshold=0.5, score_threshold=0.001)),
+    ]
+    rows = []
+    for cap in (max_detections, None):
+        for name, theirs, ours in cases:
+            their_times, (_, their_scores, _) = timed(runs, lambda: actionformer.batched_nms(
+                segments, scores, labels, max_seg_num=cap or len(segments), **theirs))
+            our_times, (_, our_scores, _) = timed(runs, lambda: postprocess_detections(
+                segments, scores, labels, max_detections=cap, **ours))
+            count = min(len(their_scores), len(our_scores))
+            diff = float((their_scores[:count].double() - our_scores[:count].double()).abs().max()) if count else 0.0
+            their_ms, our_ms = 1000 * statistics.median(their_times), 1000 * statistics.median(our_times)
+            capped = f"max {cap}" if cap else "no cap"
+            for method, ms, low, kept in ((f"ActionFormer C++ {name}, {capped}", their_ms, 1000 * min(their_times),
+                                           len(their_scores)),
+                                          (f"tal {name}, {capped} (x{their_ms / our_ms:.2f})", our_ms,
+                                           1000 * min(our_times), len(our_scores))):
+                rows.append(dict(scenario=scenario, method=method, median_ms=ms, min_ms=low, kept=kept, runs=runs,
+                                 max_score_diff=diff, ratio=their_ms / our_ms))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-segments", type=int, default=10_000, help="segments per video (default 10000)")
@@ -115,7 +157,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the rows as JSON")
+    parser.add_argument("--actionformer", type=Path, metavar="CHECKOUT",
+                        help="an actionformer_release checkout: time its batched_nms (C++ op) side by side")
+    parser.add_argument("--build-dir", type=Path, default=Path("/tmp/tal_bench_actionformer_nms"),
+                        help="where ActionFormer's op is compiled (default /tmp/tal_bench_actionformer_nms)")
     args = parser.parse_args(argv)
+    actionformer = None
+    if args.actionformer:
+        from official_actionformer_nms import load_actionformer_nms
+        actionformer = load_actionformer_nms(args.actionformer, args.build_dir)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -139,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
             times, kept = timed(args.runs, fn)
             rows.append(dict(scenario=scenario, method=name, median_ms=1000 * statistics.median(times),
                              min_ms=1000 * min(times), kept=len(kept), runs=args.runs))
+        if actionformer is not None:
+            rows += side_by_side(actionformer, scenario, segments.cpu(), scores.cpu(), labels.cpu(),
+                                 args.max_detections, args.runs)
 
     header = f"{'scenario':<10} {'method':<58} {'median ms':>10} {'min ms':>8} {'kept':>6}"
     print(f"{args.num_segments} segments, {args.num_classes} classes, {args.duration:g} s, "
@@ -146,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['scenario']:<10} {r['method']:<58} {r['median_ms']:10.1f} {r['min_ms']:8.1f} {r['kept']:6d}")
+        diff = f" {r['max_score_diff']:9.1e}" if "max_score_diff" in r else ""
+        print(f"{r['scenario']:<10} {r['method']:<58} {r['median_ms']:10.2f} {r['min_ms']:8.2f} {r['kept']:6d}{diff}")
     if args.json:
         meta = dict(python=platform.python_version(), torch=torch.__version__, threads=torch.get_num_threads(),
                     machine=platform.machine(), processor=platform.processor(), device=args.device,
