@@ -117,6 +117,21 @@ def test_soft_nms_matches_reference(seed, method, dtype):
         assert decayed.tolist() == pytest.approx([s for _, s in ref[:7]], abs=1e-6, rel=0)
 
 
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_soft_nms_repacked_planes_give_the_reference(monkeypatch, share):
+    """COMPACT_SHARE 1.0 re-packs the planes every 16 picks, 0.0 never: both are the reference's picks."""
+    import tal.ops.nms as nms_module
+
+    segments, scores, labels = random_case(7, n=400, num_classes=2)
+    seg, sc, lab = as_tensors(segments, scores, labels, torch.float32)
+    ref = ref_soft(segments, sc.tolist(), labels, "gaussian", 0.4, 0.5, 0.05, np.float32)
+    assert len(ref) > 64  # enough picks for several re-packs
+    monkeypatch.setattr(nms_module, "COMPACT_SHARE", share)
+    keep, decayed = soft_nms(seg, sc, lab, "gaussian", 0.4, 0.5, 0.05)
+    assert keep.tolist() == [i for i, _ in ref]
+    assert decayed.tolist() == pytest.approx([s for _, s in ref], abs=1e-6, rel=0)
+
+
 def test_hard_nms_pair_budget_splits_blocks_without_changing_the_result(monkeypatch):
     """A tiny pair budget forces dense blocks to be halved again and again."""
     import tal.ops.nms as nms_module
@@ -141,9 +156,14 @@ def test_soft_nms_step_tiou_is_segments_tiou():
     seg[1, 5] = seg[1, 7] = torch.tensor([3.0, 3.0])  # a zero-length pick against a zero-length segment
     col = torch.tensor([0, 5, 39])
     expected = tiou(seg, seg[torch.arange(3), col][:, None, :])
-    actual = _tiou_with_pick(seg[..., 0].contiguous(), seg[..., 1].contiguous(), seg[..., 1] - seg[..., 0], col)
+    planes = [seg[..., 0].numpy().copy(), seg[..., 1].numpy().copy(), (seg[..., 1] - seg[..., 0]).numpy()]
+    actual = torch.from_numpy(_tiou_with_pick(*planes, col.numpy()))
     assert torch.equal(actual, expected)
     assert actual[1, 7] == 0
+    seg[1, 5] = seg[1, 7] = torch.tensor([3.0, 3.5])  # without empty segments the union check may be skipped
+    planes = [seg[..., 0].numpy().copy(), seg[..., 1].numpy().copy(), (seg[..., 1] - seg[..., 0]).numpy()]
+    expected = tiou(seg, seg[torch.arange(3), col][:, None, :])
+    assert torch.equal(torch.from_numpy(_tiou_with_pick(*planes, col.numpy(), empty=False)), expected)
 
 
 def test_hard_nms_chain_needs_many_rounds():

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -441,34 +442,10 @@ def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, m
     gone = current == -math.inf  # [G, M] picked, dropped or padding
 
     steps = width if max_detections is None else min(width, max_detections)
-    picked = torch.full((steps, rows), -1, dtype=torch.long, device=device)  # [S, G] input index
-    picked_score = torch.full((steps, rows), -math.inf, dtype=scores.dtype, device=device)  # [S, G]
-    row_ids = torch.arange(rows, device=device)
-    for step in range(steps):
-        best, col = current.max(dim=1)  # [G] first maximum = earliest input among ties
-        active = best > -math.inf  # [G]
-        if not bool(active.any()):
-            break
-        picked[step] = member[row_ids, col].masked_fill_(~active, -1)
-        picked_score[step] = best
-        gone[row_ids, col] = True
-        overlap = _tiou_with_pick(start, end, length, col)  # [G, M]
-        if method == "linear":
-            weight = torch.where(_above(overlap, iou_threshold), 1.0 - overlap, 1.0)
-        elif method == "adaptive":
-            high, scale = adaptive
-            limit = iou_threshold + (high - iou_threshold) * length[row_ids, col] / scale  # [G]
-            weight = torch.where(overlap > limit[:, None], (overlap * overlap).mul_(-1.0 / sigma).exp_(), 1.0)
-        else:
-            weight = overlap.square_().mul_(-1.0 / sigma).exp_()
-        current.mul_(weight)
-        if score_threshold is not None:
-            gone |= current < score_threshold
-        current.masked_fill_(gone, -math.inf)  # also clears -inf * 0 = NaN
-        if max_detections is not None and rows > 1:
-            # later picks score <= anything still waiting, so stop once enough picks beat all of it
-            if int((picked_score[:step + 1] > current.max()).sum()) >= max_detections:
-                break
+    picked, picked_score = _soft_nms_steps(
+        *(t.cpu().numpy() for t in (start, end, length, current, gone, member)), steps, method, iou_threshold,
+        sigma, score_threshold, max_detections, adaptive)
+    picked, picked_score = torch.from_numpy(picked).to(device), torch.from_numpy(picked_score).to(device)
     found = picked >= 0
     keep, kept_scores = picked[found], picked_score[found]  # [K]
     by_index = keep.sort().indices
@@ -479,17 +456,81 @@ def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, m
     return keep[best_first], kept_scores[best_first]
 
 
-def _tiou_with_pick(start: Tensor, end: Tensor, length: Tensor, col: Tensor) -> Tensor:
+# Re-pack the planes (drop the columns every row is done with) once the widest row has this share of its
+# columns left: a pick's ops then cover the live segments only.
+COMPACT_SHARE = 0.75
+
+
+def _soft_nms_steps(start: np.ndarray, end: np.ndarray, length: np.ndarray, current: np.ndarray, gone: np.ndarray,
+                    member: np.ndarray, steps: int, method: str, iou_threshold: float, sigma: float,
+                    score_threshold: float | None, max_detections: int | None,
+                    adaptive: tuple[float, float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The sequential picks of soft NMS on [G, M] planes, one row per group -> (picked [S, G] input index,
+    -1 where a row had nothing left; their scores [S, G]).
+
+    Each pick is about 20 array ops over the plane; in numpy one costs about a microsecond, a torch op
+    several, and on a GPU every op would be a launch plus a sync for the loop test, so the planes come
+    to the host once. Rows keep their members in input order (argmax ties pick the earliest input), also
+    when the planes are re-packed (`COMPACT_SHARE`).
+    """
+    rows = current.shape[0]
+    empty = bool((length == 0).any())  # a union is 0 only between two empty segments
+    picked = np.full((steps, rows), -1, dtype=np.int64)
+    picked_score = np.full((steps, rows), -np.inf, dtype=current.dtype)
+    row_ids = np.arange(rows)
+    decay = current.dtype.type(-1.0 / sigma)
+    with np.errstate(invalid="ignore"):  # -inf * 0 = NaN on gone cells, cleared each step
+        for step in range(steps):
+            col = current.argmax(axis=1)  # [G] first maximum
+            best = current[row_ids, col]
+            active = best > -np.inf
+            if not active.any():
+                break
+            picked[step] = np.where(active, member[row_ids, col], -1)
+            picked_score[step] = best
+            gone[row_ids, col] = True
+            overlap = _tiou_with_pick(start, end, length, col, empty)
+            if method == "linear":
+                weight = np.where(overlap.astype(np.float64) > iou_threshold, 1 - overlap, 1)
+            elif method == "adaptive":
+                high, scale = adaptive
+                limit = iou_threshold + (high - iou_threshold) * length[row_ids, col] / scale  # [G]
+                weight = np.where(overlap > limit[:, None], np.exp(overlap * overlap * decay), 1)
+            else:
+                weight = np.exp(np.square(overlap) * decay)
+            current *= weight.astype(current.dtype, copy=False)  # -inf * 0 on a gone cell: cleared below
+            if score_threshold is not None:
+                gone |= current < score_threshold
+            np.copyto(current, -np.inf, where=gone)  # also clears -inf * 0 = NaN
+            if max_detections is not None and rows > 1:
+                # later picks score <= anything still waiting, so stop once enough picks beat all of it
+                if int((picked_score[:step + 1] > current.max()).sum()) >= max_detections:
+                    break
+            if step % 16 == 15:
+                widest = int((~gone).sum(axis=1).max())
+                if widest <= COMPACT_SHARE * current.shape[1]:
+                    order = np.argsort(gone, axis=1, kind="stable")[:, :max(widest, 1)]  # live first, in order
+                    start, end, length, current, gone, member = (np.take_along_axis(a, order, axis=1) for a in
+                                                                 (start, end, length, current, gone, member))
+    return picked, picked_score
+
+
+def _tiou_with_pick(start: np.ndarray, end: np.ndarray, length: np.ndarray, col: np.ndarray,
+                    empty: bool = True) -> np.ndarray:
     """tIoU of every segment of a row with the row's pick at `col`: [G, M] x [G] -> [G, M].
 
     The arithmetic of `tal.ops.segments.tiou`, operation for operation (so bit-identical, 0 where the
     union is 0), on cached start/end/length planes: the soft-NMS step runs it once per selection.
+    empty=False: no segment has zero length, so no union is 0 and that check is skipped.
     """
-    row_ids = torch.arange(len(col), device=col.device)
+    row_ids = np.arange(len(col))
     pick_start, pick_end = start[row_ids, col][:, None], end[row_ids, col][:, None]  # [G, 1]
-    inter = (torch.minimum(end, pick_end) - torch.maximum(start, pick_start)).clamp_(min=0)  # [G, M]
-    union = (pick_end - pick_start) + length - inter  # [G, M]
-    return inter.div_(union.masked_fill_(union == 0, 1.0))
+    inter = np.minimum(end, pick_end) - np.maximum(start, pick_start)
+    np.maximum(inter, 0, out=inter)
+    union = (pick_end - pick_start) + length - inter
+    if empty:
+        np.copyto(union, 1, where=union == 0)
+    return inter / union
 
 
 # ---------------------------------------------------------------------------------------------------
