@@ -152,11 +152,33 @@ def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips
     assert conv.crop_products < 0.95 * official_cells * kernel ** 2
 
 
+@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pair_products_in_row_blocks_equal_addmm(monkeypatch, onednn, dtype):
+    """The pair plan's GEMMs, in blocks of PRODUCT_ROWS rows (a last partial block too), through oneDNN or not."""
+    import tal.models.map_conv as map_conv
+
+    monkeypatch.setattr(map_conv, "PRODUCT_ROWS", 7)
+    monkeypatch.setattr(map_conv, "ONEDNN_PRODUCTS", onednn)
+    g = torch.Generator().manual_seed(0)
+    rows, weight_t = torch.randn(30, 24, generator=g).to(dtype), torch.randn(16, 24, generator=g).to(dtype)
+    start = torch.randn(30, 16, generator=g).to(dtype)
+    expected = (start.double() + rows.double() @ weight_t.double().T)
+    tol = dict(atol=1e-4, rtol=1e-5) if dtype == torch.float32 else dict(atol=0.25, rtol=2e-2)
+    out = start.clone()
+    map_conv._product(out, rows, weight_t, accumulate=True)
+    torch.testing.assert_close(out.double(), expected, **tol)
+    map_conv._product(out, rows, weight_t, accumulate=False)
+    torch.testing.assert_close(out.double(), rows.double() @ weight_t.double().T, **tol)
+
+
 def test_map_conv_strategy_by_products_and_bad_names():
     # products per sample, 2D-TAN's N=16 K5L8 triangle: official 196,800, crop boxes 120,000, pairs 76,800
     charades = MaskedMapConv(sparse_map_mask(16), 1, 1, 5, 8)
-    assert (charades.crop_products, charades.num_pairs, charades.strategy) == (120000, 76800, "crop")
+    assert (charades.crop_products, charades.num_pairs, charades.strategy) == (120000, 76800, "pairs")
     assert MaskedMapConv(sparse_map_mask(64), 1, 1, 9, 4).strategy == "pairs"  # 1,689,984 vs 692,064
+    dense = MaskedMapConv(torch.ones(10, 10, dtype=torch.bool), 1, 1, 3, 2)  # a full map: few wasted products
+    assert (dense.crop_products, dense.num_pairs, dense.strategy) == (2196, 1800, "crop")
     with pytest.raises(ValueError, match="strategy must be one of"):
         MaskedMapConv(sparse_map_mask(16), 1, 1, 5, 8, strategy="fast")
 

@@ -74,11 +74,12 @@ DENSE_TAP_SHARE = 0.6
 
 # "crop": dense convs over each layer's bounding box of needed cells (the official arithmetic on fewer
 # cells, oneDNN / cuDNN kernels); "pairs": only (needed output, computed input) cell pairs, gathers and GEMMs.
-# "auto" takes "crop" unless it multiplies over CROP_PRODUCT_RATIO times the pairs: on a 2-core AVX-512 CPU
-# crop was 1.8x (infer) / 1.5x (train) faster than pairs for 2D-TAN's N=16 K5L8 map (1.56x the products)
-# and 1.4x / 1.2x slower for BSN++'s 100 x 100 3x3 pair of convs (2.02x the products).
+# "auto" takes "crop" unless it multiplies over CROP_PRODUCT_RATIO times the pairs. On a 2-core AVX-512 CPU
+# (tools/bench/bench_map_conv.py), with the pair products through oneDNN, pairs beat crop at 2D-TAN's N=16
+# K5L8 map (1.56x the products; 1.62 / 5.56 s vs 1.85 / 5.84 s infer / train at batch 8) and at BSN++'s
+# 100 x 100 pair of 3x3 convs (2.02x). With torch.addmm products crop had won at N=16 (1.75 was the ratio).
 STRATEGIES = ("auto", "crop", "pairs")
-CROP_PRODUCT_RATIO = 1.75
+CROP_PRODUCT_RATIO = 1.5
 
 
 def _bounding_box(cells: torch.Tensor) -> tuple[int, int, int, int]:
@@ -152,20 +153,53 @@ def conv_pairs(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
     return packed, plans, num_pairs
 
 
+# The pair plan's products run through oneDNN's inner product on the CPU when torch has it: on a 2-core AMD
+# EPYC (AVX-512) MKL's sgemm reached 95-160 GFLOPS for [M, 512] x [512, 512], oneDNN 220-350 in blocks of
+# 4,096 rows (larger blocks fell to 190), and the pair plan's forward was 1.4x (N=16) to 1.65x (N=64)
+# faster. False: torch.addmm everywhere.
+ONEDNN_PRODUCTS = True
+PRODUCT_ROWS = 4096
+
+
+def _onednn_linear():
+    try:
+        return torch.ops.mkldnn._linear_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_LINEAR = _onednn_linear()
+
+
+def _product(out: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, accumulate: bool) -> None:
+    """out (+)= rows @ weight_t.T: rows [M, C_a], weight_t [C_b, C_a] contiguous, out [M, C_b]."""
+    if not (ONEDNN_PRODUCTS and _LINEAR is not None and rows.device.type == "cpu"
+            and rows.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()):
+        if accumulate:
+            out.addmm_(rows, weight_t.T)
+        else:
+            torch.mm(rows, weight_t.T, out=out)
+        return
+    for start in range(0, rows.shape[0], PRODUCT_ROWS):
+        block = _LINEAR(rows[start:start + PRODUCT_ROWS], weight_t, None, "none", [], "")
+        target = out[start:start + PRODUCT_ROWS]
+        target.add_(block) if accumulate else target.copy_(block)
+
+
 def _gather(rows: torch.Tensor, index: torch.Tensor, span: tuple[int, int], same: bool, count: int) -> torch.Tensor:
     """rows[index[span]] as [count * B, C] (the first `count` rows where the gather is the identity)."""
     picked = rows[:count] if same else rows.index_select(0, index[span[0]:span[1]])
     return picked.view(-1, rows.shape[-1])
 
 
-def _scatter_add(total: torch.Tensor, rows: torch.Tensor, weight: torch.Tensor, cell_map: torch.Tensor) -> None:
-    """total[cell] += (rows @ weight)[cell_map[cell]], the products written straight into a buffer whose
+def _scatter_add(total: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, cell_map: torch.Tensor) -> None:
+    """total[cell] += (rows @ weight_t.T)[cell_map[cell]], the products written straight into a buffer whose
     extra last row is 0 (index_add_ is several times slower than index_select on the CPU).
-    rows [p * B, C_a], weight [C_a, C_b], total [n + 1, B, C_b] (n = len(cell_map))."""
+    rows [p * B, C_a], weight_t [C_b, C_a], total [n + 1, B, C_b] (n = len(cell_map))."""
     batch = total.shape[1]
-    buffer = rows.new_empty(rows.shape[0] // batch + 1, batch, weight.shape[1])
+    buffer = rows.new_empty(rows.shape[0] // batch + 1, batch, weight_t.shape[0])
     buffer[-1].zero_()
-    torch.mm(rows, weight, out=buffer[:-1].view(-1, weight.shape[1]))
+    _product(buffer[:-1].view(-1, weight_t.shape[0]), rows, weight_t, accumulate=False)
     total[:len(cell_map)].add_(buffer.index_select(0, cell_map))
 
 
@@ -187,14 +221,15 @@ class _PairConv(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(dtype).contiguous()
             taps = weight.to(dtype).permute(2, 3, 1, 0).reshape(k * k, c_in, c_out).contiguous()  # [K*K, Ci, Co]
+            taps_t = weight.to(dtype).permute(2, 3, 0, 1).reshape(k * k, c_out, c_in).contiguous()  # [K*K, Co, Ci]
             out = bias.to(dtype).expand(num_out + 1, batch, c_out).contiguous()
             flat = out[:num_out].view(-1, c_out)
             for plan in plans:
                 if plan.dense:
-                    flat.addmm_(_gather(x, index, plan.fwd, plan.fwd_same, num_out), taps[plan.tap])
+                    _product(flat, _gather(x, index, plan.fwd, plan.fwd_same, num_out), taps_t[plan.tap], True)
                 else:
                     rows = _gather(x, index, plan.fwd, False, 0)
-                    _scatter_add(out, rows, taps[plan.tap], index[plan.fwd_map[0]:plan.fwd_map[1]])
+                    _scatter_add(out, rows, taps_t[plan.tap], index[plan.fwd_map[0]:plan.fwd_map[1]])
         ctx.save_for_backward(x, taps, index)
         ctx.plans, ctx.kernel, ctx.num_in = plans, k, num_in
         return out
@@ -213,15 +248,15 @@ class _PairConv(torch.autograd.Function):
             for plan in ctx.plans:
                 if plan.dense:
                     if want_x:
-                        grad_x[:num_in].view(-1, c_in).addmm_(_gather(grad, index, plan.bwd, plan.bwd_same, num_in),
-                                                              taps[plan.tap].T)
+                        _product(grad_x[:num_in].view(-1, c_in), _gather(grad, index, plan.bwd, plan.bwd_same, num_in),
+                                 taps[plan.tap], True)
                     if want_weight:
                         rows = _gather(x, index, plan.fwd, plan.fwd_same, num_out)
                         torch.mm(rows.T, grad[:num_out].view(-1, c_out), out=grad_taps[plan.tap])
                 else:
                     g = _gather(grad, index, plan.bwd, False, 0)  # [p * B, C_out]
                     if want_x:
-                        _scatter_add(grad_x, g, taps[plan.tap].T, index[plan.bwd_map[0]:plan.bwd_map[1]])
+                        _scatter_add(grad_x, g, taps[plan.tap], index[plan.bwd_map[0]:plan.bwd_map[1]])
                     if want_weight:
                         torch.mm(_gather(x, index, plan.fwd, False, 0).T, g, out=grad_taps[plan.tap])
         grad_weight = None if grad_taps is None else \
