@@ -155,13 +155,16 @@ def conv_pairs(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
 
 # The pair plan's products run through oneDNN's inner product on the CPU when torch has it: on a 2-core AMD
 # EPYC (AVX-512) MKL's sgemm reached 95-160 GFLOPS for [M, 512] x [512, 512], oneDNN 220-350 in blocks of
-# 4,096 rows (larger blocks fell to 190), and the pair plan's forward was 1.4x (N=16) to 1.65x (N=64)
-# faster. False: torch.addmm everywhere.
+# 4,096 rows (larger blocks fell to 190), and the pair plan's forward was 2.4x (N=16, batch 8) and 1.46x
+# (N=64, batch 4) faster than with addmm (tools/bench/bench_map_conv.py). False: torch.addmm everywhere.
 ONEDNN_PRODUCTS = True
 PRODUCT_ROWS = 4096
 
 
 def _onednn_linear():
+    """oneDNN's inner product (a private torch op), None where this torch build lacks it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
     try:
         return torch.ops.mkldnn._linear_pointwise.default
     except (AttributeError, RuntimeError):
@@ -174,7 +177,7 @@ _LINEAR = _onednn_linear()
 def _product(out: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, accumulate: bool) -> None:
     """out (+)= rows @ weight_t.T: rows [M, C_a], weight_t [C_b, C_a] contiguous, out [M, C_b]."""
     if not (ONEDNN_PRODUCTS and _LINEAR is not None and rows.device.type == "cpu"
-            and rows.dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()):
+            and rows.dtype in (torch.float32, torch.bfloat16)):
         if accumulate:
             out.addmm_(rows, weight_t.T)
         else:

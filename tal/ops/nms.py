@@ -490,7 +490,7 @@ def _soft_nms_steps(start: np.ndarray, end: np.ndarray, length: np.ndarray, curr
             gone[row_ids, col] = True
             overlap = _tiou_with_pick(start, end, length, col, empty)
             if method == "linear":
-                weight = np.where(overlap.astype(np.float64) > iou_threshold, 1 - overlap, 1)
+                weight = np.where(overlap.astype(np.float64) > iou_threshold, 1 - overlap, 1)  # as `_above`
             elif method == "adaptive":
                 high, scale = adaptive
                 limit = iou_threshold + (high - iou_threshold) * length[row_ids, col] / scale  # [G]
