@@ -17,10 +17,10 @@ gives the same keep set: a reference point for the hard rows. Run it alone on th
     flock /tmp/tal-heavy.lock .venv/bin/python tools/bench/bench_nms.py --runs 7 --json bench_nms.json
 
 With `--actionformer CHECKOUT` (happyharrycn/actionformer_release, outside the project; its C++ op is
-compiled into --build-dir, `official_actionformer_nms.py`) four more rows per scenario time
+compiled into --build-dir, `official_actionformer_nms.py`) twelve more rows per scenario time
 ActionFormer's own `batched_nms` next to tal's `postprocess_detections` with the same settings:
 gaussian soft-NMS (sigma 0.5, floor 0.001) per class and class-agnostic, and hard NMS (tIoU 0.5) per
-class, capped at --max-detections. ActionFormer caps after its C++ loop has run over every segment;
+class, each capped at --max-detections and uncapped, one row per side. ActionFormer caps after its C++ loop has run over every segment;
 tal stops once the cap is settled, which is part of what the rows measure. Each row reports the
 largest score difference of the two outputs (they rank the same segments; ties are broken apart
 differently, and the C++ adds 1e-6 to each length). ActionFormer post-processes 2,000 segments a
