@@ -152,14 +152,16 @@ def test_map_conv_computes_only_needed_cells_with_the_official_numbers(num_clips
     assert conv.crop_products < 0.95 * official_cells * kernel ** 2
 
 
-@pytest.mark.parametrize("onednn", [True, False])
+@pytest.mark.parametrize("kernel", ["onednn", "blas"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_pair_products_in_row_blocks_equal_addmm(monkeypatch, onednn, dtype):
-    """The pair plan's GEMMs, in blocks of PRODUCT_ROWS rows (a last partial block too), through oneDNN or not."""
+def test_pair_products_in_row_blocks_equal_addmm(monkeypatch, kernel, dtype):
+    """The pair plan's GEMMs, through oneDNN in blocks of PRODUCT_ROWS rows (a last partial block too) or BLAS."""
     import tal.models.map_conv as map_conv
 
     monkeypatch.setattr(map_conv, "PRODUCT_ROWS", 7)
-    monkeypatch.setattr(map_conv, "ONEDNN_PRODUCTS", onednn)
+    monkeypatch.setattr(map_conv, "PRODUCTS", kernel)
+    if map_conv._LINEAR is not None:
+        assert map_conv.product_kernel(dtype, 24, 16) == kernel
     g = torch.Generator().manual_seed(0)
     rows, weight_t = torch.randn(30, 24, generator=g).to(dtype), torch.randn(16, 24, generator=g).to(dtype)
     start = torch.randn(30, 16, generator=g).to(dtype)
@@ -170,6 +172,36 @@ def test_pair_products_in_row_blocks_equal_addmm(monkeypatch, onednn, dtype):
     torch.testing.assert_close(out.double(), expected, **tol)
     map_conv._product(out, rows, weight_t, accumulate=False)
     torch.testing.assert_close(out.double(), rows.double() @ weight_t.double().T, **tol)
+
+
+def test_product_kernel_auto_takes_the_faster_once_per_shape(monkeypatch):
+    import tal.models.map_conv as map_conv
+
+    if map_conv._LINEAR is None:
+        pytest.skip("this torch build has no oneDNN")
+    calls = []
+
+    def fake_time(kernel, rows, weight_t, out, repeats=3):
+        calls.append((kernel.__name__, tuple(rows.shape), tuple(weight_t.shape)))
+        return {"_onednn_product": onednn_s, "_blas_product": 1.0}[kernel.__name__]
+
+    monkeypatch.setattr(map_conv, "_time_product", fake_time)
+    monkeypatch.setattr(map_conv, "PRODUCTS", "auto")
+    map_conv._faster_kernel.cache_clear()
+    try:
+        onednn_s = 0.5
+        assert map_conv.product_kernel(torch.float32, 24, 16) == "onednn"
+        assert map_conv.product_kernel(torch.float32, 24, 16) == "onednn"  # cached: timed once
+        assert calls == [("_onednn_product", (map_conv.TIMING_ROWS, 24), (16, 24)),
+                         ("_blas_product", (map_conv.TIMING_ROWS, 24), (16, 24))]
+        onednn_s = 2.0
+        assert map_conv.product_kernel(torch.float32, 24, 8) == "blas"  # another shape is timed anew
+        assert len(calls) == 4
+        monkeypatch.setattr(map_conv, "PRODUCTS", "fastest")
+        with pytest.raises(ValueError, match="TAL_MAP_CONV_PRODUCTS"):
+            map_conv.product_kernel(torch.float32, 24, 16)
+    finally:
+        map_conv._faster_kernel.cache_clear()
 
 
 def test_map_conv_strategy_by_products_and_bad_names():
@@ -402,3 +434,28 @@ def test_average_to_num_clips_follows_2dtan():
     # bounds round(0, .75, 1.5, 2.25, 3) -> 0 1 2 2 2: clips [0,1) [1,2), then empty spans repeat feature 2
     short = average_to_num_clips(torch.tensor([[1.0], [2.0], [4.0]]), 4)
     assert torch.equal(short[:, 0], torch.tensor([1.0, 2.0, 4.0, 4.0]))
+
+
+def test_inference_keeps_tap_matrices_until_the_weight_changes():
+    """Under no_grad the transposed weights are kept; an in-place update or a new state dict is seen."""
+    torch.manual_seed(0)
+    mask = sparse_map_mask(16)
+    conv = MaskedMapConv(mask, 3, 4, 5, 8, strategy="pairs")
+    for layer in conv.convs:
+        nn.init.normal_(layer.weight, std=0.6)
+    x = torch.randn(2, 3, 16, 16) * mask
+    with torch.no_grad():
+        first = conv(x)
+        kept = conv._tap_matrices(0, torch.float32)
+        assert conv._tap_matrices(0, torch.float32) is kept
+        torch.testing.assert_close(first, official_map_conv(conv, mask, x) * mask, atol=1e-5, rtol=1e-4)
+        for layer in conv.convs:
+            layer.weight.mul_(-0.5)
+        second = conv(x)
+        assert conv._tap_matrices(0, torch.float32) is not kept
+        torch.testing.assert_close(second, official_map_conv(conv, mask, x) * mask, atol=1e-5, rtol=1e-4)
+        conv.load_state_dict({k: torch.randn_like(v) for k, v in conv.state_dict().items()})
+        torch.testing.assert_close(conv(x), official_map_conv(conv, mask, x) * mask, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(first, second)
+    conv(x).sum().backward()  # with autograd the matrices are built per call and nothing is kept
+    assert conv._kept_taps == {}

@@ -10,6 +10,9 @@ tensors (the last row is 0), so a gather moves whole batches of channels.
 """
 from __future__ import annotations
 
+import functools
+import os
+import time
 from typing import NamedTuple
 
 import torch
@@ -64,12 +67,12 @@ def needed_cells(mask: torch.Tensor, kernel_size: int,
     return [n[crop] for n in needed], [(w * n)[crop] for w, n in zip(weights, needed)], margin
 
 
-# A tap whose pairs cover at least this share of its output cells runs over all of them ("dense": one gather
-# and one accumulating GEMM, the missing partners read the zero row); sparser taps multiply their pairs only
-# and scatter the products with a gather ("sparse"). At N=16, K5L8 on the CPU, 0.6, 0.9 and "always
-# sparse" were within 5% of each other; dense taps need no product buffer. (Slice-to-slice GEMMs over runs
-# of consecutive cells, with no gather at all, were 4% faster there but 30% slower at N=64, batch 2.)
-DENSE_TAP_SHARE = 0.6
+# A tap that pairs every output cell runs over all of them ("dense": one gather and one accumulating GEMM);
+# the others multiply their pairs only and scatter the products with a gather ("sparse"). A dense tap over
+# cells without a partner multiplies the zero row: on the N=16 K5L8 map a share of 0.6 computed 92,400
+# products per sample for 76,800 pairs. Where a sparse tap pairs every input cell in order (the layers
+# whose maps grow) the input gather and the backward scatter are skipped (`fwd_same`).
+DENSE_TAP_SHARE = 1.0
 
 
 # "crop": dense convs over each layer's bounding box of needed cells (the official arithmetic on fewer
@@ -93,7 +96,8 @@ class TapPlan(NamedTuple):
     dense: forward gathers input rows `fwd` [n_out] (n_in = the zero row), backward gathers output
     rows `bwd` [n_in] (n_out = the zero row); `fwd_same` / `bwd_same` mark an identity gather (skipped).
     sparse: `fwd` holds the pairs' input rows, `bwd` their output rows, `fwd_map` [n_out] and
-    `bwd_map` [n_in] each cell's pair (the pair count where it has none).
+    `bwd_map` [n_in] each cell's pair (the pair count where it has none); `fwd_same`: the pairs are the
+    input cells in order (`fwd` and `bwd_map` are the identity).
     """
 
     tap: int
@@ -148,17 +152,24 @@ def conv_pairs(inputs: torch.Tensor, outputs: torch.Tensor, kernel_size: int,
             local = torch.arange(count)
             fwd_map = torch.full((num_out,), count, dtype=torch.long).index_copy_(0, keep, local)
             bwd_map = torch.full((num_in,), count, dtype=torch.long).index_copy_(0, source[keep], local)
-            plans.append(TapPlan(tap, False, put(source[keep]), put(keep), put(fwd_map), put(bwd_map)))
+            same = count == num_in and bool((source[keep] == local).all())
+            plans.append(TapPlan(tap, False, put(source[keep]), put(keep), put(fwd_map), put(bwd_map),
+                                 fwd_same=same))
     packed = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
     return packed, plans, num_pairs
 
 
-# The pair plan's products run through oneDNN's inner product on the CPU when torch has it: on a 2-core AMD
-# EPYC (AVX-512) MKL's sgemm reached 95-160 GFLOPS for [M, 512] x [512, 512], oneDNN 220-350 in blocks of
-# 4,096 rows (larger blocks fell to 190), and the pair plan's forward was 2.4x (N=16, batch 8) and 1.46x
-# (N=64, batch 4) faster than with addmm (tools/bench/bench_map_conv.py). False: torch.addmm everywhere.
-ONEDNN_PRODUCTS = True
+# The pair plan's forward and input-gradient products run on the CPU through whichever of oneDNN's inner
+# product (in blocks of PRODUCT_ROWS rows) and torch.mm (MKL / OpenBLAS) is faster on this machine, timed
+# once per process and product shape (`product_kernel`). Neither wins everywhere, [M, 512] x [512, 512]:
+# on a 2-core AMD EPYC (AVX-512) MKL reached 95-160 GFLOPS and oneDNN 220-350; on a 2-core Intel Xeon
+# (Sapphire Rapids) MKL 186-213 and oneDNN 155-175 (tools/bench/bench_map_conv.py: the N=16 pair plan's
+# forward 2.4x faster with oneDNN on the first, 1.25x slower on the second). PRODUCTS "onednn" or "blas"
+# (or the TAL_MAP_CONV_PRODUCTS environment variable) fixes the choice; "auto" times both.
+PRODUCT_KERNELS = ("auto", "onednn", "blas")
+PRODUCTS = os.environ.get("TAL_MAP_CONV_PRODUCTS", "auto")
 PRODUCT_ROWS = 4096
+TIMING_ROWS = 8192
 
 
 def _onednn_linear():
@@ -174,19 +185,68 @@ def _onednn_linear():
 _LINEAR = _onednn_linear()
 
 
-def _product(out: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, accumulate: bool) -> None:
-    """out (+)= rows @ weight_t.T: rows [M, C_a], weight_t [C_b, C_a] contiguous, out [M, C_b]."""
-    if not (ONEDNN_PRODUCTS and _LINEAR is not None and rows.device.type == "cpu"
-            and rows.dtype in (torch.float32, torch.bfloat16)):
-        if accumulate:
-            out.addmm_(rows, weight_t.T)
-        else:
-            torch.mm(rows, weight_t.T, out=out)
-        return
+def _onednn_product(out: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, accumulate: bool) -> None:
+    weight_t = weight_t.contiguous()
     for start in range(0, rows.shape[0], PRODUCT_ROWS):
         block = _LINEAR(rows[start:start + PRODUCT_ROWS], weight_t, None, "none", [], "")
         target = out[start:start + PRODUCT_ROWS]
         target.add_(block) if accumulate else target.copy_(block)
+
+
+def _blas_product(out: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, accumulate: bool) -> None:
+    if accumulate:
+        out.addmm_(rows, weight_t.T)
+    else:
+        torch.mm(rows, weight_t.T, out=out)
+
+
+def _time_product(kernel, rows: torch.Tensor, weight_t: torch.Tensor, out: torch.Tensor, repeats: int = 3) -> float:
+    """Fastest of `repeats` timed calls after one warm-up (oneDNN builds its primitive on the first)."""
+    kernel(out, rows, weight_t, True)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        kernel(out, rows, weight_t, True)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def product_kernel(dtype: torch.dtype, in_width: int, out_width: int) -> str:
+    """"onednn" or "blas": the kernel for [M, in_width] x [in_width, out_width] products on the CPU.
+
+    PRODUCTS unless it is "auto"; "blas" where torch lacks oneDNN; else the faster of the two on this
+    machine (`_faster_kernel`).
+    """
+    if PRODUCTS not in PRODUCT_KERNELS:
+        raise ValueError(f"map conv products must be one of {PRODUCT_KERNELS} (PRODUCTS or "
+                         f"TAL_MAP_CONV_PRODUCTS), got {PRODUCTS!r}")
+    if _LINEAR is None:
+        return "blas"
+    if PRODUCTS != "auto":
+        return PRODUCTS
+    return _faster_kernel(dtype, in_width, out_width, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=None)
+def _faster_kernel(dtype: torch.dtype, in_width: int, out_width: int, threads: int) -> str:
+    """Times both kernels on TIMING_ROWS random rows, once per process, shape and thread count (a
+    fraction of a second at 512 channels)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(TIMING_ROWS, in_width, generator=generator).to(dtype)
+    weight_t = torch.randn(out_width, in_width, generator=generator).to(dtype)
+    out = rows.new_zeros(TIMING_ROWS, out_width)
+    onednn = _time_product(_onednn_product, rows, weight_t, out)
+    blas = _time_product(_blas_product, rows, weight_t, out)
+    return "onednn" if onednn < blas else "blas"
+
+
+def _product(out: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor, accumulate: bool) -> None:
+    """out (+)= rows @ weight_t.T: rows [M, C_a], weight_t [C_b, C_a] (contiguous or its transpose), out [M, C_b]."""
+    if (rows.device.type == "cpu" and rows.dtype in (torch.float32, torch.bfloat16)
+            and product_kernel(rows.dtype, rows.shape[1], weight_t.shape[0]) == "onednn"):
+        _onednn_product(out, rows, weight_t, accumulate)
+    else:
+        _blas_product(out, rows, weight_t, accumulate)
 
 
 def _gather(rows: torch.Tensor, index: torch.Tensor, span: tuple[int, int], same: bool, count: int) -> torch.Tensor:
@@ -206,66 +266,87 @@ def _scatter_add(total: torch.Tensor, rows: torch.Tensor, weight_t: torch.Tensor
     total[:len(cell_map)].add_(buffer.index_select(0, cell_map))
 
 
+# One strided copy of a [C_out * C_in, K * K] weight into tap-major order ran at 1-3 GB/s on the CPU (K9,
+# 512 channels: 174 ms, with the second orientation 467 ms per layer and forward pass); copies of blocks
+# that stay in cache took 33-44 ms.
+TRANSPOSE_ROWS = 8192
+
+
+def _transposed(matrix: torch.Tensor) -> torch.Tensor:
+    """matrix [A, B] -> its transpose [B, A], contiguous, copied TRANSPOSE_ROWS rows of `matrix` at a time."""
+    out = matrix.new_empty(matrix.shape[1], matrix.shape[0])
+    for start in range(0, matrix.shape[0], TRANSPOSE_ROWS):
+        out[:, start:start + TRANSPOSE_ROWS].copy_(matrix[start:start + TRANSPOSE_ROWS].T)
+    return out
+
+
+def tap_matrices(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """conv weight [C_out, C_in, K, K] -> one [C_out, C_in] matrix per tap, [K * K, C_out, C_in] contiguous."""
+    c_out, c_in, k, _ = weight.shape
+    return _transposed(weight.detach().to(dtype).reshape(c_out * c_in, k * k)).view(k * k, c_out, c_in)
+
+
 class _PairConv(torch.autograd.Function):
     """conv2d on cell lists: x [n_in + 1, B, C_in] -> [n_out + 1, B, C_out] (last rows: the zero row in,
     bias out; callers weight it by 0), bias on every output cell.
 
     Only x is kept for backward (each tap's gather is redone there), so memory does not grow with the
     number of pairs. Under autocast the work runs in the autocast dtype, gradients come back in the
-    inputs' dtypes.
+    inputs' dtypes. `taps_t` is `tap_matrices(weight, dtype)` (the caller may keep it between calls).
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, index, plans, num_out):
+    def forward(ctx, x, weight, bias, taps_t, index, plans, num_out):
         c_out, c_in, k, _ = weight.shape
         batch, num_in = x.shape[1], x.shape[0] - 1
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(dtype).contiguous()
-            taps = weight.to(dtype).permute(2, 3, 1, 0).reshape(k * k, c_in, c_out).contiguous()  # [K*K, Ci, Co]
-            taps_t = weight.to(dtype).permute(2, 3, 0, 1).reshape(k * k, c_out, c_in).contiguous()  # [K*K, Co, Ci]
             out = bias.to(dtype).expand(num_out + 1, batch, c_out).contiguous()
             flat = out[:num_out].view(-1, c_out)
             for plan in plans:
                 if plan.dense:
                     _product(flat, _gather(x, index, plan.fwd, plan.fwd_same, num_out), taps_t[plan.tap], True)
                 else:
-                    rows = _gather(x, index, plan.fwd, False, 0)
+                    rows = _gather(x, index, plan.fwd, plan.fwd_same, num_in)
                     _scatter_add(out, rows, taps_t[plan.tap], index[plan.fwd_map[0]:plan.fwd_map[1]])
-        ctx.save_for_backward(x, taps, index)
+        ctx.save_for_backward(x, taps_t, index)
         ctx.plans, ctx.kernel, ctx.num_in = plans, k, num_in
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, taps, index = ctx.saved_tensors
+        x, taps_t, index = ctx.saved_tensors
         (x_dtype, weight_dtype, bias_dtype), k, num_in = ctx.dtypes, ctx.kernel, ctx.num_in
-        _, c_in, c_out = taps.shape
+        _, c_out, c_in = taps_t.shape
         num_out = grad.shape[0] - 1
         grad = grad.to(x.dtype).contiguous()  # its last row is 0: the bias row is weighted by 0
         want_x, want_weight, want_bias = ctx.needs_input_grad[:3]
         grad_x = torch.zeros_like(x) if want_x else None
-        grad_taps = torch.zeros_like(taps) if want_weight else None
+        grad_taps = torch.zeros_like(taps_t) if want_weight else None  # [K*K, Co, Ci]
         with torch.autocast(x.device.type, enabled=False):
             for plan in ctx.plans:
                 if plan.dense:
                     if want_x:
                         _product(grad_x[:num_in].view(-1, c_in), _gather(grad, index, plan.bwd, plan.bwd_same, num_in),
-                                 taps[plan.tap], True)
+                                 taps_t[plan.tap].T, True)
                     if want_weight:
                         rows = _gather(x, index, plan.fwd, plan.fwd_same, num_out)
-                        torch.mm(rows.T, grad[:num_out].view(-1, c_out), out=grad_taps[plan.tap])
+                        torch.mm(grad[:num_out].view(-1, c_out).T, rows, out=grad_taps[plan.tap])
                 else:
                     g = _gather(grad, index, plan.bwd, False, 0)  # [p * B, C_out]
-                    if want_x:
-                        _scatter_add(grad_x, g, taps[plan.tap], index[plan.bwd_map[0]:plan.bwd_map[1]])
+                    if want_x and plan.fwd_same:
+                        _product(grad_x[:num_in].view(-1, c_in), g, taps_t[plan.tap].T, True)
+                    elif want_x:
+                        _scatter_add(grad_x, g, taps_t[plan.tap].T, index[plan.bwd_map[0]:plan.bwd_map[1]])
                     if want_weight:
-                        torch.mm(_gather(x, index, plan.fwd, False, 0).T, g, out=grad_taps[plan.tap])
+                        rows = _gather(x, index, plan.fwd, plan.fwd_same, num_in)
+                        torch.mm(g.T, rows, out=grad_taps[plan.tap])
         grad_weight = None if grad_taps is None else \
-            grad_taps.view(k, k, c_in, c_out).permute(3, 2, 0, 1).to(weight_dtype)
+            _transposed(grad_taps.view(k * k, -1)).view(c_out, c_in, k, k).to(weight_dtype)
         grad_bias = grad.sum(dim=(0, 1)).to(bias_dtype) if want_bias else None
-        return (None if grad_x is None else grad_x.to(x_dtype)), grad_weight, grad_bias, None, None, None
+        return (None if grad_x is None else grad_x.to(x_dtype)), grad_weight, grad_bias, None, None, None, None
 
 
 class MaskedMapConv(nn.Module):
@@ -297,6 +378,7 @@ class MaskedMapConv(nn.Module):
         valid = torch.zeros_like(needed[0])
         valid[margin:margin + mask.shape[0], margin:margin + mask.shape[1]] = mask
         self.plans, self.sizes, self.pair_counts = [], [], []
+        self._kept_taps: dict[int, tuple[tuple, torch.Tensor]] = {}
         for i, (cells, weight) in enumerate(zip(needed, weights)):
             index, plans, num_pairs = conv_pairs(needed[i - 1] if i else valid, cells, kernel_size)
             self.register_buffer(f"index_{i}", index, persistent=False)
@@ -329,11 +411,26 @@ class MaskedMapConv(nn.Module):
         if self.strategy == "crop":
             return self._crop_cells(x)
         x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row the taps read for a missing cell
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         for i, conv in enumerate(self.convs):
-            out = _PairConv.apply(x, conv.weight, conv.bias, getattr(self, f"index_{i}"), self.plans[i],
-                                  self.sizes[i])
+            out = _PairConv.apply(x, conv.weight, conv.bias, self._tap_matrices(i, dtype),
+                                  getattr(self, f"index_{i}"), self.plans[i], self.sizes[i])
             x = F.relu(out) * getattr(self, f"weight_{i}").to(out.dtype)
         return x[:-1]
+
+    def _tap_matrices(self, layer: int, dtype: torch.dtype) -> torch.Tensor:
+        """`tap_matrices` of a layer's weight. Outside autograd they are kept until the weight changes (its
+        version, storage or dtype), so inference transposes each weight once: K5 at 512 channels costs
+        26 MB a layer (float32) and about 10 ms a call saved, K9 84 MB and 35-170 ms."""
+        weight = self.convs[layer].weight
+        if torch.is_grad_enabled():
+            self._kept_taps.pop(layer, None)
+            return tap_matrices(weight, dtype)
+        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        kept = self._kept_taps.get(layer)
+        if kept is None or kept[0] != key:
+            kept = self._kept_taps[layer] = (key, tap_matrices(weight, dtype))
+        return kept[1]
 
     def _crop_cells(self, x: torch.Tensor) -> torch.Tensor:
         """Dense convs, each over the bounding box of the cells its layer needs (oneDNN's direct conv)."""
