@@ -292,14 +292,14 @@ class _PairConv(torch.autograd.Function):
 
     Only x is kept for backward (each tap's gather is redone there), so memory does not grow with the
     number of pairs. Under autocast the work runs in the autocast dtype, gradients come back in the
-    inputs' dtypes. `taps_t` is `tap_matrices(weight, dtype)` (the caller may keep it between calls).
+    inputs' dtypes. `taps_t` is `tap_matrices(weight, work dtype)` (the caller may keep it between calls);
+    its dtype is the one the work runs in.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, taps_t, index, plans, num_out):
         c_out, c_in, k, _ = weight.shape
-        batch, num_in = x.shape[1], x.shape[0] - 1
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        batch, num_in, dtype = x.shape[1], x.shape[0] - 1, taps_t.dtype
         ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
         with torch.autocast(x.device.type, enabled=False):
             x = x.to(dtype).contiguous()
