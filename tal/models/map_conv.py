@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tal.models import map_conv_fft
+
 
 def masked_conv_weights(mask: torch.Tensor, kernel_size: int, paddings: list[int]) -> list[torch.Tensor]:
     """Per-layer output weights of a masked 2D conv stack (2D-TAN's MapConv re-normalisation).
@@ -81,8 +83,15 @@ DENSE_TAP_SHARE = 1.0
 # (tools/bench/bench_map_conv.py), with the pair products through oneDNN, pairs beat crop at 2D-TAN's N=16
 # K5L8 map (1.56x the products; 1.62 / 5.56 s vs 1.85 / 5.84 s infer / train at batch 8) and at BSN++'s
 # 100 x 100 pair of 3x3 convs (2.02x). With torch.addmm products crop had won at N=16 (1.75 was the ratio).
-STRATEGIES = ("auto", "crop", "pairs")
+STRATEGIES = ("auto", "crop", "pairs", "fft")
 CROP_PRODUCT_RATIO = 1.5
+# "fft": FFT tiles (`map_conv_fft`), counted in real-product units (`fft_products`). "auto" takes it under
+# no_grad where it multiplies fewer than the pairs, and in training where it multiplies under
+# FFT_TRAIN_RATIO of them (its backward has more fixed costs: weight spectra, complex copies). On the
+# 2-core Xeon (bench_map_conv.py, infer / train s): N=16 K5L8 at 0.22 of the pairs 1.11 / 12.25 vs pairs
+# 2.15 / 7.88; N=64 K9L4 at 0.10 of the pairs 2.70 / 18.09 vs 11.16 / 33.16.
+FFT_INFER_RATIO = 1.0
+FFT_TRAIN_RATIO = 0.15
 
 
 def _bounding_box(cells: torch.Tensor) -> tuple[int, int, int, int]:
@@ -361,7 +370,9 @@ class MaskedMapConv(nn.Module):
     official weights map one to one. x [B, C_in, H, W] -> [B, C_out, H, W], 0 off the mask; or, without
     the round trip, `forward_cells` on [num_valid, B, C_in] (valid cells in row-major order).
     `strategy` "crop" runs each layer as a dense conv over the bounding box of its needed cells instead
-    (more products, faster kernels); "auto" picks one by product count (`CROP_PRODUCT_RATIO`).
+    (more products, faster kernels), "fft" by FFT tiles (`map_conv_fft`); "auto" picks by product count
+    (`CROP_PRODUCT_RATIO`, `FFT_TRAIN_RATIO`, `FFT_INFER_RATIO`), one plan for training and one under
+    no_grad (`inference_strategy`).
     """
 
     def __init__(self, mask: torch.Tensor, in_dim: int, hidden_dim: int, kernel_size: int, num_layers: int,
@@ -379,8 +390,13 @@ class MaskedMapConv(nn.Module):
         valid[margin:margin + mask.shape[0], margin:margin + mask.shape[1]] = mask
         self.plans, self.sizes, self.pair_counts = [], [], []
         self._kept_taps: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self.tile_plans = []
         for i, (cells, weight) in enumerate(zip(needed, weights)):
             index, plans, num_pairs = conv_pairs(needed[i - 1] if i else valid, cells, kernel_size)
+            tiles = map_conv_fft.best_tile_plan(needed[i - 1] if i else valid, cells, kernel_size)
+            self.register_buffer(f"tile_gather_{i}", tiles.gather, persistent=False)
+            self.register_buffer(f"tile_place_{i}", tiles.place, persistent=False)
+            self.tile_plans.append(tiles._replace(gather=None, place=None))
             self.register_buffer(f"index_{i}", index, persistent=False)
             weight = F.pad(weight[cells], [0, 1])  # and 0 on the zero row
             self.register_buffer(f"weight_{i}", weight[:, None, None], persistent=False)  # [n_i + 1, 1, 1]
@@ -391,11 +407,14 @@ class MaskedMapConv(nn.Module):
         self.map_size = tuple(mask.shape)
         self.margin, self.boxes = margin, [_bounding_box(cells) for cells in needed]
         self.crop_products = sum((r1 - r0) * (c1 - c0) * kernel_size ** 2 for r0, r1, c0, c1 in self.boxes)
+        self.fft_products = map_conv_fft.fft_products(self.tile_plans)
         for i, ((r0, r1, c0, c1), weight) in enumerate(zip(self.boxes, weights)):
             self.register_buffer(f"box_weight_{i}", weight[r0:r1, c0:c1].clone(), persistent=False)
+        self.strategy, self.inference_strategy = strategy, strategy
         if strategy == "auto":
-            strategy = "crop" if self.crop_products <= CROP_PRODUCT_RATIO * self.num_pairs else "pairs"
-        self.strategy = strategy
+            direct = "crop" if self.crop_products <= CROP_PRODUCT_RATIO * self.num_pairs else "pairs"
+            self.strategy = "fft" if self.fft_products <= FFT_TRAIN_RATIO * self.num_pairs else direct
+            self.inference_strategy = "fft" if self.fft_products <= FFT_INFER_RATIO * self.num_pairs else direct
         self.register_buffer("canvas_cells", valid.flatten().nonzero(as_tuple=True)[0], persistent=False)
         r0, r1, c0, c1 = self.boxes[-1]  # the last layer's box holds the valid cells: read them from it
         rows, cols = valid.nonzero(as_tuple=True)
@@ -408,8 +427,11 @@ class MaskedMapConv(nn.Module):
 
     def forward_cells(self, x: torch.Tensor) -> torch.Tensor:
         """x [num_valid, B, C_in] on the mask's cells (row-major) -> [num_valid, B, C_out]."""
-        if self.strategy == "crop":
+        strategy = self.strategy if torch.is_grad_enabled() else self.inference_strategy
+        if strategy == "crop":
             return self._crop_cells(x)
+        if strategy == "fft":
+            return self._fft_cells(x)
         x = torch.cat([x, x.new_zeros(1, *x.shape[1:])])  # the zero row the taps read for a missing cell
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         for i, conv in enumerate(self.convs):
@@ -430,6 +452,34 @@ class MaskedMapConv(nn.Module):
         kept = self._kept_taps.get(layer)
         if kept is None or kept[0] != key:
             kept = self._kept_taps[layer] = (key, tap_matrices(weight, dtype))
+        return kept[1]
+
+    def _fft_cells(self, x: torch.Tensor) -> torch.Tensor:
+        """Each layer by FFT tiles (`map_conv_fft`), in float32 (complex GEMMs have no half types on the
+        CPU); under autocast the output comes back in the autocast dtype."""
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        kernel = self.convs[0].kernel_size[0]
+        with torch.autocast(device, enabled=False):
+            x = torch.cat([x.float(), x.new_zeros(1, *x.shape[1:], dtype=torch.float32)])
+            for i, conv in enumerate(self.convs):
+                plan = self.tile_plans[i]._replace(gather=getattr(self, f"tile_gather_{i}"),
+                                                   place=getattr(self, f"tile_place_{i}"))
+                mats = map_conv_fft.transforms(plan, kernel, x.device)
+                out = map_conv_fft.tile_conv(x, self._weight_spectrum(i, mats[2]), conv.bias.float(), plan, mats)
+                x = F.relu(out) * getattr(self, f"weight_{i}")
+        return x[:-1].to(dtype)
+
+    def _weight_spectrum(self, layer: int, to_spectrum: torch.Tensor) -> torch.Tensor:
+        """`weight_spectrum` of a layer, kept outside autograd until the weight changes (as `_tap_matrices`)."""
+        weight = self.convs[layer].weight.float()
+        if torch.is_grad_enabled():
+            self._kept_taps.pop(layer, None)
+            return map_conv_fft.weight_spectrum(weight, to_spectrum)
+        key = (self.convs[layer].weight.data_ptr(), self.convs[layer].weight._version, weight.device, "fft")
+        kept = self._kept_taps.get(layer)
+        if kept is None or kept[0] != key:
+            kept = self._kept_taps[layer] = (key, map_conv_fft.weight_spectrum(weight, to_spectrum))
         return kept[1]
 
     def _crop_cells(self, x: torch.Tensor) -> torch.Tensor:

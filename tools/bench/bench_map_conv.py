@@ -7,9 +7,9 @@ Configs (hidden widths and batches of the paper-size benchmarks; batch 32 at N=6
   bsnpp        BSN++ 100 x 100 proposal map (max duration 100), 3x3 x 2, 128 channels, batch 16
 Rows: "padded" is the official arithmetic (2D-TAN's MapConv: pad the map by (K-1)L/2 once, L unpadded
 convs, ReLU, times `masked_conv_weights`, as nn.Conv2d stacks run it); "pairs" with oneDNN's inner
-product and with torch.mm (MKL / OpenBLAS); "crop"; and what "auto" picks (`MaskedMapConv`'s strategy
-and `product_kernel`'s timed choice of product kernel). infer is the forward under no_grad, train forward
-+ backward of a sum; medians of --runs, 2 threads by default, and the largest output difference from the
+product and with torch.mm (MKL / OpenBLAS); "crop"; "fft" (FFT tiles); and what "auto" picks
+(`MaskedMapConv`'s strategy in training and under no_grad, `product_kernel`'s timed choice of kernel).
+infer is the forward under no_grad, train forward + backward of a sum; medians of --runs, 2 threads by default, and the largest output difference from the
 padded stack.
 
     nice .venv/bin/python tools/bench/bench_map_conv.py --configs charades activitynet bsnpp --runs 3
@@ -66,8 +66,9 @@ def bench(name: str, runs: int, seed: int) -> list[dict]:
     with torch.no_grad():
         reference = official(dense)
     plans = [("padded (official arithmetic)", None, None), ("pairs, oneDNN products", "pairs", "onednn"),
-             ("pairs, torch.mm (BLAS) products", "pairs", "blas"), ("crop", "crop", None)]
-    auto = map_conv.MaskedMapConv(mask, 8, 8, kernel, layers).strategy
+             ("pairs, torch.mm (BLAS) products", "pairs", "blas"), ("crop", "crop", None),
+             ("fft tiles", "fft", None)]
+    auto = map_conv.MaskedMapConv(mask, 8, 8, kernel, layers)
     auto_kernel = map_conv.product_kernel(cells.dtype, channels, channels)
     saved = map_conv.PRODUCTS
     rows = []
@@ -75,7 +76,7 @@ def bench(name: str, runs: int, seed: int) -> list[dict]:
         if strategy is None:
             fn, source = official, dense
         else:
-            conv.strategy = strategy
+            conv.strategy = conv.inference_strategy = strategy
             map_conv.PRODUCTS = products or saved
             fn, source = conv.forward_cells, cells
         with torch.no_grad():
@@ -83,8 +84,10 @@ def bench(name: str, runs: int, seed: int) -> list[dict]:
             infer_s = median_of(runs, lambda: fn(source))
         grad_source = source.clone().requires_grad_()
         train_s = median_of(runs, lambda: fn(grad_source).sum().backward())
+        kernel_ok = products in (None, auto_kernel)
         rows.append(dict(config=name, plan=label, infer_s=infer_s, train_s=train_s, max_diff=diff,
-                         auto=strategy == auto and products in (None, auto_kernel)))
+                         auto_train=strategy == auto.strategy and kernel_ok,
+                         auto_infer=strategy == auto.inference_strategy and kernel_ok))
     map_conv.PRODUCTS = saved
     return rows
 
@@ -99,14 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rows = [row for name in args.configs for row in bench(name, args.runs, args.seed)]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; * = the plan 'auto' picks")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 'auto' picks * to train, + to infer")
     header = f"{'config':<12} {'plan':<34} {'infer s':>8} {'train s':>8} {'x padded':>14} {'max diff':>9}"
     print(header + "\n" + "-" * len(header))
     padded = {r["config"]: r for r in rows if r["plan"].startswith("padded")}
     for r in rows:
         base = padded[r["config"]]
         speed = f"{base['infer_s'] / r['infer_s']:.2f} / {base['train_s'] / r['train_s']:.2f}"
-        print(f"{r['config']:<12} {r['plan'] + (' *' if r['auto'] else ''):<34} {r['infer_s']:8.2f} "
+        marks = (" *" if r["auto_train"] else "") + (" +" if r["auto_infer"] else "")
+        print(f"{r['config']:<12} {r['plan'] + marks:<34} {r['infer_s']:8.2f} "
               f"{r['train_s']:8.2f} {speed:>14} {r['max_diff']:9.1e}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
