@@ -88,10 +88,11 @@ CROP_PRODUCT_RATIO = 1.5
 # "fft": FFT tiles (`map_conv_fft`), counted in real-product units (`fft_products`). "auto" takes it under
 # no_grad where it multiplies fewer than the pairs, and in training where it multiplies under
 # FFT_TRAIN_RATIO of them (its backward has more fixed costs: weight spectra, complex copies). On the
-# 2-core Xeon (bench_map_conv.py, infer / train s): N=16 K5L8 at 0.22 of the pairs 1.11 / 12.25 vs pairs
-# 2.15 / 7.88; N=64 K9L4 at 0.10 of the pairs 2.70 / 18.09 vs 11.16 / 33.16.
+# 2-core Xeon (bench_map_conv.py, infer / train s): N=16 K5L8 B8 at 0.22 of the pairs 1.11 / 12.25 vs pairs
+# 2.15 / 7.88; N=128 K5L8 B2 at 0.17, 7.49 / 25.4 vs 11.7 / 44.0; N=64 K9L4 B4 at 0.10, 2.70 / 18.09 vs
+# 11.16 / 33.16.
 FFT_INFER_RATIO = 1.0
-FFT_TRAIN_RATIO = 0.15
+FFT_TRAIN_RATIO = 0.2
 
 
 def _bounding_box(cells: torch.Tensor) -> tuple[int, int, int, int]:
