@@ -90,9 +90,8 @@ def _transforms(in_tile: int, out_tile: int, kernel_size: int) -> tuple[torch.Te
     real, imag = dft.real.T, dft.imag.T  # [k, u]
     cols = torch.stack([torch.stack([real, -imag], -1), torch.stack([imag, real], -1)], 1)  # [k, c', u, c]
     cols = cols.reshape(2 * a, 2 * a)
-    kernel = torch.zeros(kernel_size * kernel_size, a, a, dtype=torch.float64)
-    kernel.view(-1, a * a)[torch.arange(kernel_size ** 2),
-                           (torch.arange(kernel_size)[:, None] * a + torch.arange(kernel_size)).flatten()] = 1
+    taps = torch.eye(kernel_size ** 2, dtype=torch.float64).view(-1, kernel_size, kernel_size)
+    kernel = F.pad(taps, [0, a - kernel_size, 0, a - kernel_size])  # each tap alone on an a x a tile
     weights = torch.fft.rfft2(kernel).conj().reshape(kernel_size ** 2, -1)  # [K*K, F]
     weights = torch.cat([weights.real.T, weights.imag.T])  # [2F, K*K]
     unit = torch.eye(a * f, dtype=torch.float64).view(-1, a, f)
