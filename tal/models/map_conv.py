@@ -393,8 +393,9 @@ class MaskedMapConv(nn.Module):
         self._kept_taps: dict[int, tuple[tuple, torch.Tensor]] = {}
         self.tile_plans = []
         for i, (cells, weight) in enumerate(zip(needed, weights)):
-            index, plans, num_pairs = conv_pairs(needed[i - 1] if i else valid, cells, kernel_size)
-            tiles = map_conv_fft.best_tile_plan(needed[i - 1] if i else valid, cells, kernel_size)
+            inputs = needed[i - 1] if i else valid
+            index, plans, num_pairs = conv_pairs(inputs, cells, kernel_size)
+            tiles = map_conv_fft.best_tile_plan(inputs, cells, kernel_size)
             self.register_buffer(f"tile_gather_{i}", tiles.gather, persistent=False)
             self.register_buffer(f"tile_place_{i}", tiles.place, persistent=False)
             self.tile_plans.append(tiles._replace(gather=None, place=None))
