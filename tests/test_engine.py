@@ -546,3 +546,35 @@ def test_ddp_two_processes_match_one_process(data, trained, tmp_path):
             assert torch.allclose(ddp[key].double(), value.double(), rtol=0, atol=1e-5), \
                 f"{key}: {(ddp[key].double() - value.double()).abs().max().item():.3g}"
     assert json.loads(printed[0]) == pytest.approx(trained["grounding"]["metrics"], abs=1e-9)
+
+
+LEAVE_SCRIPT = """
+import os, pathlib, torch
+from torch import nn
+from tal.distributed import join_process_group, leave_process_group
+join_process_group("gloo")
+net = nn.parallel.DistributedDataParallel(nn.Linear(4, 4))  # imports torch._dynamo, as the trainer's DDP does
+net(torch.randn(2, 4)).sum().backward()
+del net
+leave_process_group(clean=True)
+names = sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+pathlib.Path(f"threads.{os.environ['RANK']}.txt").write_text(",".join(names))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+def test_leaving_the_process_group_joins_gloo_threads(tmp_path):
+    """Gloo's worker threads must be gone once a rank leaves: one still freeing a collective's tensors while
+    the interpreter shuts down aborts the process (it did, in about 1 DDP run in 5). With torch._dynamo
+    imported after init_process_group the group outlived destroy_process_group and its threads ran on."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(_free_port()), str(script)],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}, cwd=tmp_path, capture_output=True,
+        text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for rank in (0, 1):
+        names = (tmp_path / f"threads.{rank}.txt").read_text().split(",")
+        assert not [name for name in names if "gloo" in name], names

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tal.distributed import DistContext, context_from_env, resolve_device
+from tal.distributed import DistContext, context_from_env, join_process_group, leave_process_group, resolve_device
 
 
 def setup(device: str) -> tuple[DistContext, torch.device]:
@@ -26,7 +26,7 @@ def setup(device: str) -> tuple[DistContext, torch.device]:
         torch.cuda.set_device(dev)
     if ctx.active and not dist.is_initialized():
         # rank 0 evaluates alone while the others wait: allow long evaluations before a collective times out
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=2))
+        join_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return ctx, dev
 
 
@@ -66,6 +66,7 @@ def mean_over_ranks(values: dict[str, float], ctx: DistContext, device: torch.de
     return {k: float(v) / ctx.world_size for k, v in zip(keys, tensor.tolist())}
 
 
-def teardown(ctx: DistContext) -> None:
-    if ctx.active and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: DistContext, clean: bool) -> None:
+    """Leave the process group (`leave_process_group`: a barrier first after a clean run)."""
+    if ctx.active:
+        leave_process_group(clean)

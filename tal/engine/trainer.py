@@ -187,13 +187,16 @@ class Trainer:
             raise TalInputError(f"--work-dir {self.work_dir}: cannot write there ({exc.strerror}); choose another "
                                 f"--work-dir") from None
         handlers = _setup_logging(self.work_dir, self.ctx.is_main)
+        clean = False
         try:
-            return self._run()
+            result = self._run()
+            clean = True
+            return result
         finally:
             for handler in handlers:
                 logger.removeHandler(handler)
                 handler.close()
-            distributed.teardown(self.ctx)
+            distributed.teardown(self.ctx, clean)
 
     def _run(self) -> dict:
         seed_everything(self.seed)

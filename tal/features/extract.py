@@ -25,7 +25,7 @@ import torch
 import torch.utils.data
 
 from tal import __version__
-from tal.distributed import context_from_env, resolve_device
+from tal.distributed import context_from_env, join_process_group, leave_process_group, resolve_device
 from tal.errors import TalInputError
 from tal.tempfiles import RunLock
 
@@ -302,8 +302,9 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
     lock = RunLock(out, "--out") if dist.rank == 0 else contextlib.nullcontext()  # rank 0 speaks for the run
     with lock:
         writer = FeatureCacheWriter(out, attrs)
+        clean = False
         if dist.active:
-            torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            join_process_group("nccl" if device.startswith("cuda") else "gloo")
         try:
             if dist.rank == 0 and writer.damaged:
                 print(f"tal extract-features: {out}: {len(writer.damaged)} video(s) have damaged data (checksum "
@@ -328,10 +329,11 @@ def extract_features(jobs: list[VideoJob], out: str | Path, settings: ExtractSet
                 num_videos = torch.tensor([result.num_videos], dtype=torch.int64)
                 torch.distributed.broadcast(num_videos, src=0)  # the other ranks wait for the final file
                 result.num_videos = int(num_videos[0])
+            clean = True
             return result
         finally:
             if dist.active:
-                torch.distributed.destroy_process_group()
+                leave_process_group(clean)
 
 
 def _check_sources(jobs: list[VideoJob], writer, overwrite: bool, out: Path) -> None:
