@@ -13,24 +13,59 @@ def cells_of(canvas: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows, rows.new_zeros(1, *rows.shape[1:])])
 
 
-@pytest.mark.parametrize("kernel, out_tile", [(3, 4), (5, 4), (5, 8), (9, 8), (9, 12)])
-def test_tile_conv_is_conv2d_on_the_needed_cells(kernel, out_tile):
+def tile_case(kernel: int, out_tile: int, dtype=torch.float32):
+    """A sparse 19 x 23 input (the other cells 0), a random set of output cells, weights and a plan."""
     torch.manual_seed(0)
     height, width, half = 19, 23, (kernel - 1) // 2
-    inputs = torch.rand(height, width) < 0.6  # a sparse input: the other cells are 0
+    inputs = torch.rand(height, width) < 0.6
     outputs = torch.zeros(height, width, dtype=torch.bool)
     outputs[half:-half, half:-half] = torch.rand(height - 2 * half, width - 2 * half) < 0.5
-    canvas = torch.randn(2, 3, height, width) * inputs
-    weight, bias = torch.randn(4, 3, kernel, kernel), torch.randn(4)
-    expected = F.conv2d(canvas, weight, bias)  # unpadded: output (r, c) sits at (r - h, c - h)
+    canvas = torch.randn(2, 3, height, width, dtype=dtype) * inputs
+    weight, bias = torch.randn(4, 3, kernel, kernel, dtype=dtype), torch.randn(4, dtype=dtype)
     plan = map_conv_fft.tile_plan(inputs, outputs, kernel, out_tile)
+    return inputs, outputs, canvas, weight, bias, plan
+
+
+@pytest.mark.parametrize("kernel, out_tile", [(3, 4), (5, 4), (5, 8), (9, 8), (9, 12)])
+def test_tile_conv_is_conv2d_on_the_needed_cells(kernel, out_tile):
+    inputs, outputs, canvas, weight, bias, plan = tile_case(kernel, out_tile)
+    half = (kernel - 1) // 2
+    expected = F.conv2d(canvas, weight, bias)  # unpadded: output (r, c) sits at (r - h, c - h)
     mats = map_conv_fft.transforms(plan, kernel, "cpu")
-    out = map_conv_fft.tile_conv(cells_of(canvas, inputs), map_conv_fft.weight_spectrum(weight, mats[2]), bias,
-                                 plan, mats)
+    x = cells_of(canvas, inputs)
+    out = map_conv_fft.tile_conv(x, weight, bias, plan, mats)
+    kept = map_conv_fft.tile_conv(x, weight, bias, plan, mats, map_conv_fft.weight_spectrum(weight, mats[2]))
     rows, cols = outputs.nonzero(as_tuple=True)
     want = expected[:, :, rows - half, cols - half].permute(2, 0, 1)
     assert out.shape == (len(rows) + 1, 2, 4)
     assert torch.allclose(out[:-1], want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(kept, out)
+
+
+@pytest.mark.parametrize("kernel, out_tile", [(3, 4), (5, 8), (9, 8)])
+def test_tile_conv_gradients_are_conv2d_gradients(kernel, out_tile):
+    """The custom backward against autograd through F.conv2d, in float64: input rows (summed over the
+    overlapping tiles that read them), weight and bias, for an upstream gradient on the output cells."""
+    inputs, outputs, canvas, weight, bias, plan = tile_case(kernel, out_tile, torch.float64)
+    half = (kernel - 1) // 2
+    rows, cols = outputs.nonzero(as_tuple=True)
+    upstream = torch.randn(len(rows), 2, 4, dtype=torch.float64)
+    mats = map_conv_fft.transforms(plan, kernel, "cpu", torch.float64)
+    grads = []
+    for fft in (True, False):
+        x = cells_of(canvas, inputs).requires_grad_()
+        w, b = weight.clone().requires_grad_(), bias.clone().requires_grad_()
+        if fft:
+            out = map_conv_fft.tile_conv(x, w, b, plan, mats)[:-1]  # the last row's gradient is 0, as callers give
+        else:
+            grid = x[:-1].permute(1, 2, 0)
+            dense = canvas.new_zeros(2, 3, inputs.numel()).index_copy(2, inputs.flatten().nonzero()[:, 0], grid)
+            out = F.conv2d(dense.view_as(canvas), w, b)[:, :, rows - half, cols - half].permute(2, 0, 1)
+        (out * upstream).sum().backward()
+        grads.append((x.grad[:-1], w.grad, b.grad))
+    for ours, theirs in zip(*grads):
+        assert float(theirs.abs().max()) > 0
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-9 * float(theirs.abs().max()))
 
 
 def test_tile_plan_keeps_only_tiles_with_a_needed_cell():
@@ -46,6 +81,9 @@ def test_tile_plan_keeps_only_tiles_with_a_needed_cell():
     assert int(gather[0, 0, 2]) == 8 * 20 + 0  # tile (2, 0) from (10 - 2, 0)
     assert int(gather[7, 7, 2]) == 15 * 20 + 7
     assert plan.place.tolist() == [0, 3 * 3 + 1, 12 * 3 + 2, 0]  # (2, 9) sits at (0, 3) of its tile, (13, 2) at (3, 0)
+    unplace = torch.full((4 * 4 * 3,), 3)  # result rows of no needed cell read the zero-weighted last row
+    unplace[[0, 3 * 3 + 1, 12 * 3 + 2]] = torch.tensor([0, 1, 2])
+    assert plan.unplace.tolist() == unplace.tolist()
 
 
 def test_tile_plan_reads_the_zero_row_off_the_canvas_and_off_the_input_cells():
@@ -63,10 +101,11 @@ def test_weight_spectrum_is_the_conjugate_rfft2_of_the_kernel():
     torch.manual_seed(0)
     weight = torch.randn(4, 3, 5, 5, dtype=torch.float64)
     _, _, to_spectrum, _ = map_conv_fft._transforms(12, 8, 5)
-    spectrum = map_conv_fft.weight_spectrum(weight, to_spectrum)  # [F, C_in, C_out]
-    expected = torch.fft.rfft2(weight, s=(12, 12)).conj().flatten(2).permute(2, 1, 0)
-    assert spectrum.shape == (12 * 7, 3, 4)
-    assert torch.allclose(spectrum, expected, atol=1e-12)
+    parts = map_conv_fft.weight_spectrum(weight, to_spectrum)  # [2, F, C_out, C_in]
+    expected = torch.fft.rfft2(weight, s=(12, 12)).conj().flatten(2).permute(2, 0, 1)  # [F, C_out, C_in]
+    assert parts.shape == (2, 12 * 7, 4, 3)
+    assert torch.allclose(parts[0], expected.real, atol=1e-12)
+    assert torch.allclose(parts[1], expected.imag, atol=1e-12)
 
 
 def test_best_tile_plan_takes_the_cheapest_tile():

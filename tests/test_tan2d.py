@@ -207,13 +207,20 @@ def test_product_kernel_auto_takes_the_faster_once_per_shape(monkeypatch):
 def test_map_conv_strategy_by_products_and_bad_names():
     # products per sample, 2D-TAN's N=16 K5L8 triangle: official 196,800, crop boxes 120,000, pairs 76,800
     charades = MaskedMapConv(sparse_map_mask(16), 1, 1, 5, 8)
-    assert (charades.crop_products, charades.num_pairs, charades.strategy) == (120000, 76800, "pairs")
-    assert charades.inference_strategy == "fft"  # 17,136 real-product units of FFT tiles: 0.22 of the pairs
-    activitynet = MaskedMapConv(sparse_map_mask(64), 1, 1, 9, 4)  # crop 1,689,984 vs pairs 692,064
-    assert (activitynet.strategy, activitynet.inference_strategy) == ("fft", "fft")  # 68,992 < 0.2 x pairs
+    assert (charades.crop_products, charades.num_pairs) == (120000, 76800)
+    # FFT tiles: 6,120 complex products (tiles x frequencies over the 8 layers) of 4 real ones, 0.32 of the pairs
+    assert charades.fft_products == 24480
+    assert (charades.strategy, charades.inference_strategy) == ("fft", "fft")
     assert MaskedMapConv(sparse_map_mask(16), 1, 1, 5, 8, strategy="pairs").inference_strategy == "pairs"
-    dense = MaskedMapConv(torch.ones(10, 10, dtype=torch.bool), 1, 1, 3, 2)  # a full map: few wasted products
-    assert (dense.crop_products, dense.num_pairs, dense.strategy) == (2196, 1800, "crop")
+    small = MaskedMapConv(sparse_map_mask(16), 1, 1, 3, 4)  # K3L4: FFT tiles save nothing (6,096 vs 6,120)
+    assert (small.num_pairs, small.crop_products, small.strategy, small.inference_strategy) == \
+        (6120, 11736, "pairs", "pairs")
+    # a full map wastes few products on crop: 6 x 6 cells, one 3x3 layer reading 8 x 8; FFT: one 8 x 8 tile
+    # (6 x 5 frequencies x 4) saves too few
+    dense = MaskedMapConv(torch.ones(6, 6, dtype=torch.bool), 1, 1, 3, 1)
+    assert (dense.crop_products, dense.num_pairs, dense.fft_products, dense.strategy) == (324, 256, 240, "crop")
+    wide = MaskedMapConv(torch.ones(10, 10, dtype=torch.bool), 1, 1, 3, 2)  # 14 x 8 frequencies per 12 x 12
+    assert (wide.num_pairs, wide.fft_products, wide.strategy) == (1800, 896, "fft")
     with pytest.raises(ValueError, match="strategy must be one of"):
         MaskedMapConv(sparse_map_mask(16), 1, 1, 5, 8, strategy="fast")
 

@@ -85,14 +85,14 @@ DENSE_TAP_SHARE = 1.0
 # 100 x 100 pair of 3x3 convs (2.02x). With torch.addmm products crop had won at N=16 (1.75 was the ratio).
 STRATEGIES = ("auto", "crop", "pairs", "fft")
 CROP_PRODUCT_RATIO = 1.5
-# "fft": FFT tiles (`map_conv_fft`), counted in real-product units (`fft_products`). "auto" takes it under
-# no_grad where it multiplies fewer than the pairs, and in training where it multiplies under
-# FFT_TRAIN_RATIO of them (its backward has more fixed costs: weight spectra, complex copies). On the
-# 2-core Xeon (bench_map_conv.py, infer / train s): N=16 K5L8 B8 at 0.22 of the pairs 1.11 / 12.25 vs pairs
-# 2.15 / 7.88; N=128 K5L8 B2 at 0.17, 7.49 / 25.4 vs 11.7 / 44.0; N=64 K9L4 B4 at 0.10, 2.70 / 18.09 vs
-# 11.16 / 33.16.
-FFT_INFER_RATIO = 1.0
-FFT_TRAIN_RATIO = 0.2
+# "fft": FFT tiles (`map_conv_fft`), counted in real-product units (`fft_products`). "auto" takes it where it
+# multiplies at most FFT_TRAIN_RATIO (training) or FFT_INFER_RATIO (under no_grad) of the pairs' products.
+# Measured on the 2-core Xeon (map conv alone, train / infer s, fft vs pairs, 2 threads): at 0.31 (N=16 K5L8,
+# 512 ch, batch 32) 9.6 / 2.7 vs 20.6 / 6.1; at 0.44 (BSN++ 100 x 100, 3x3 x 2, 128 ch, batch 16) 1.35 / 0.70
+# vs 2.2 / 0.85; at 0.14 (N=64 K9L4, batch 4) 7.5 / 1.6 vs 26 / 7.1; at 0.67 (N=32 K3L4, 256 ch, batch 16)
+# 0.75 / 0.23 vs 0.63 / 0.20 and at 1.0 (N=16 K3L4, 512 ch, batch 16) 1.9 / 0.31 vs 1.3 / 0.40.
+FFT_INFER_RATIO = 0.5
+FFT_TRAIN_RATIO = 0.5
 
 
 def _bounding_box(cells: torch.Tensor) -> tuple[int, int, int, int]:
@@ -398,7 +398,8 @@ class MaskedMapConv(nn.Module):
             tiles = map_conv_fft.best_tile_plan(inputs, cells, kernel_size)
             self.register_buffer(f"tile_gather_{i}", tiles.gather, persistent=False)
             self.register_buffer(f"tile_place_{i}", tiles.place, persistent=False)
-            self.tile_plans.append(tiles._replace(gather=None, place=None))
+            self.register_buffer(f"tile_unplace_{i}", tiles.unplace, persistent=False)
+            self.tile_plans.append(tiles._replace(gather=None, place=None, unplace=None))
             self.register_buffer(f"index_{i}", index, persistent=False)
             weight = F.pad(weight[cells], [0, 1])  # and 0 on the zero row
             self.register_buffer(f"weight_{i}", weight[:, None, None], persistent=False)  # [n_i + 1, 1, 1]
@@ -461,25 +462,29 @@ class MaskedMapConv(nn.Module):
         return kept[1]
 
     def _fft_cells(self, x: torch.Tensor) -> torch.Tensor:
-        """Each layer by FFT tiles (`map_conv_fft`), in float32 (complex GEMMs have no half types on the
-        CPU); under autocast the output comes back in the autocast dtype."""
+        """Each layer by FFT tiles (`map_conv_fft`), in float32 (half precision would round the transforms
+        far past the official numbers); under autocast the output comes back in the autocast dtype."""
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
         kernel = self.convs[0].kernel_size[0]
+        work = torch.float64 if x.dtype == torch.float64 else torch.float32
         with torch.autocast(device, enabled=False):
-            x = torch.cat([x.float(), x.new_zeros(1, *x.shape[1:], dtype=torch.float32)])
+            x = torch.cat([x.to(work), x.new_zeros(1, *x.shape[1:], dtype=work)])
             for i, conv in enumerate(self.convs):
                 plan = self.tile_plans[i]._replace(gather=getattr(self, f"tile_gather_{i}"),
-                                                   place=getattr(self, f"tile_place_{i}"))
-                mats = map_conv_fft.transforms(plan, kernel, x.device)
-                out = map_conv_fft.tile_conv(x, self._weight_spectrum(i, mats[2]), conv.bias.float(), plan, mats)
-                x = F.relu(out) * getattr(self, f"weight_{i}")
+                                                   place=getattr(self, f"tile_place_{i}"),
+                                                   unplace=getattr(self, f"tile_unplace_{i}"))
+                mats = map_conv_fft.transforms(plan, kernel, x.device, work)
+                weight = conv.weight.to(work)
+                parts = None if torch.is_grad_enabled() else self._weight_spectrum(i, mats[2])
+                out = map_conv_fft.tile_conv(x, weight, conv.bias.to(work), plan, mats, parts)
+                x = F.relu(out) * getattr(self, f"weight_{i}").to(work)
         return x[:-1].to(dtype)
 
     def _weight_spectrum(self, layer: int, to_spectrum: torch.Tensor) -> torch.Tensor:
         """`weight_spectrum` of a layer, kept outside autograd until the weight changes (as `_tap_matrices`)."""
-        return self._kept(layer, ("fft", to_spectrum.shape),
-                          lambda weight: map_conv_fft.weight_spectrum(weight.float(), to_spectrum))
+        return self._kept(layer, ("fft", to_spectrum.shape, to_spectrum.dtype),
+                          lambda weight: map_conv_fft.weight_spectrum(weight.to(to_spectrum.dtype), to_spectrum))
 
     def _crop_cells(self, x: torch.Tensor) -> torch.Tensor:
         """Dense convs, each over the bounding box of the cells its layer needs (oneDNN's direct conv)."""
