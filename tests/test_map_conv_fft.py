@@ -134,3 +134,14 @@ def test_inference_keeps_the_weight_spectrum_until_the_weight_changes():
         assert conv(x).equal(first) and conv._kept_taps[0][1] is kept
         conv.convs[0].weight.mul_(2)
         assert not conv(x).equal(first) and conv._kept_taps[0][1] is not kept
+
+
+def test_training_keeps_only_the_input_rows_and_the_weight():
+    """The backward rebuilds the tiles' spectra (2 x F x T rows a sample) from the input rows instead of keeping
+    them: the autograd graph holds what the pair plan holds."""
+    inputs, _, canvas, weight, bias, plan = tile_case(5, 8)
+    x = cells_of(canvas, inputs).requires_grad_()
+    weight.requires_grad_()
+    out = map_conv_fft.tile_conv(x, weight, bias, plan, map_conv_fft.transforms(plan, 5, "cpu"))
+    saved = out.grad_fn.saved_tensors
+    assert len(saved) == 2 and saved[0].equal(x) and saved[1].equal(weight)
