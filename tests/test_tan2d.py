@@ -472,3 +472,21 @@ def test_inference_keeps_tap_matrices_until_the_weight_changes():
     assert not torch.equal(first, second)
     conv(x).sum().backward()  # with autograd the matrices are built per call and nothing is kept
     assert conv._kept_taps == {}
+
+
+@pytest.mark.parametrize("plan", ["pairs", "crop", "fft"])
+def test_map_conv_plan_is_a_model_key_of_every_map_head(plan):
+    from tal.models.bsnpp import build_bsnpp
+    from tal.models.s2dtan import build_s2dtan
+
+    tan = build_tan2d(dict(input_dim=8, num_clips=16, hidden_dim=8, map_conv_plan=plan,
+                           text={"encoder": "lstm", "embed_dim": 8, "hidden_dim": 8}), vocab=3)
+    bsnpp = build_bsnpp(dict(input_dim=8, num_steps=16, base_dim=8, cbg_dim=8, map_dim=8, num_samples=4,
+                             map_conv_plan=plan))
+    s2dtan = build_s2dtan(dict(input_dim=8, num_clips=16, hidden_dim=8, map_kernel=3, map_layers=2,
+                               map_conv_plan=plan))
+    for conv in [tan.map_conv, bsnpp.map_conv] + [head.map_conv for head in s2dtan.heads]:
+        assert (conv.strategy, conv.inference_strategy) == (plan, plan)
+    assert build_tan2d(dict(input_dim=8, num_clips=16, hidden_dim=8), vocab=3).map_conv.strategy == "fft"  # auto, K5L8
+    with pytest.raises(TalInputError, match=r"model.map_conv_plan must be one of auto, crop, pairs, fft, got 'fast'"):
+        build_tan2d(dict(input_dim=8, num_clips=16, hidden_dim=8, map_conv_plan="fast"), vocab=3)

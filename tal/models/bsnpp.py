@@ -86,7 +86,7 @@ from torch import nn
 from tal.errors import TalInputError
 from tal.models.a2net import pad_ground_truth
 from tal.models.layers import sample_segment_features
-from tal.models.map_conv import MaskedMapConv
+from tal.models.map_conv import MaskedMapConv, check_plan
 from tal.ops.nms import postprocess_detections
 from tal.ops.segments import tiou
 from tal.registry import MODELS, model_section
@@ -428,7 +428,7 @@ class BSNPP(nn.Module):
                  min_boundary_steps: float = 1.0, iou_bins: tuple[float, float] = (0.3, 0.7), cls_iou: float = 0.9,
                  scale_bins: int = 4, loss_weights: dict | None = None, peak_ratio: float = 0.5,
                  nms: dict | None = None, max_proposals: int = 100, score_fusion: str = "product",
-                 force_boundary_ends: bool = True):
+                 force_boundary_ends: bool = True, map_conv_plan: str = "auto"):
         super().__init__()
         max_duration = num_steps if max_duration is None else max_duration
         _check_values(num_steps, max_duration, cbg_depth, num_samples, attention_pool, iou_bins, cls_iou, scale_bins,
@@ -467,7 +467,7 @@ class BSNPP(nn.Module):
         self.sample_proj = nn.Conv1d(base_dim, num_samples * map_dim, 1, bias=False)
         self.sample_bias = nn.Parameter(torch.zeros(map_dim))
         self.prb = ProposalRelationBlock(map_dim, valid, attention_pool)
-        self.map_conv = MaskedMapConv(valid, map_dim, map_dim, 3, 2)
+        self.map_conv = MaskedMapConv(valid, map_dim, map_dim, 3, 2, check_plan(map_conv_plan))
         self.map_head = nn.Conv2d(map_dim, 2, 1)
 
     def _boundary_logits(self, features: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -605,7 +605,7 @@ def _check_values(num_steps: int, max_duration: int, cbg_depth: int, num_samples
 MODEL_KEYS = {"input_dim", "num_steps", "max_duration", "base_dim", "cbg_dim", "cbg_depth", "map_dim", "num_samples",
               "context_ratio", "attention_pool", "boundary_ratio", "min_boundary_steps", "iou_bins", "cls_iou",
               "scale_bins", "loss_weights", "peak_ratio", "nms", "max_proposals",
-              "score_fusion", "force_boundary_ends"}
+              "score_fusion", "force_boundary_ends", "map_conv_plan"}
 
 
 @MODELS.register("bsnpp")

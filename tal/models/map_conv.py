@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tal.errors import TalInputError
 from tal.models import map_conv_fft
 
 
@@ -93,6 +94,13 @@ CROP_PRODUCT_RATIO = 1.5
 # 0.75 / 0.23 vs 0.63 / 0.20 and at 1.0 (N=16 K3L4, 512 ch, batch 16) 1.9 / 0.31 vs 1.3 / 0.40.
 FFT_INFER_RATIO = 0.5
 FFT_TRAIN_RATIO = 0.5
+
+
+def check_plan(plan: str) -> str:
+    """A head's `model.map_conv_plan` (one of STRATEGIES), or a one-line config error naming them."""
+    if plan not in STRATEGIES:
+        raise TalInputError(f"model.map_conv_plan must be one of {', '.join(STRATEGIES)}, got {plan!r}")
+    return plan
 
 
 def _bounding_box(cells: torch.Tensor) -> tuple[int, int, int, int]:

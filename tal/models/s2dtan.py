@@ -56,7 +56,7 @@ from torch import nn
 
 from tal.errors import TalInputError
 from tal.models.layers import TemporalConvPool
-from tal.models.map_conv import MaskedMapConv
+from tal.models.map_conv import MaskedMapConv, check_plan
 from tal.models.tan2d import (
     SparsePropConv,
     SparsePropPool,
@@ -125,7 +125,8 @@ class ScaleHead(nn.Module):
     diagonal), `segments` [P_s, 2] (those cells in feature steps, same order).
     """
 
-    def __init__(self, scale: ScaleMap, hidden_dim: int, prop: str, map_kernel: int, map_layers: int):
+    def __init__(self, scale: ScaleMap, hidden_dim: int, prop: str, map_kernel: int, map_layers: int,
+                 map_conv_plan: str = "auto"):
         super().__init__()
         n = scale.num_clips
         band = sparse_map_diagonals(n, [scale.span])  # stride 1, offsets 0..span - 1
@@ -137,7 +138,7 @@ class ScaleHead(nn.Module):
             self.prop = SparsePropConv(n, band, [scale.span], hidden_dim)
         else:
             raise TalInputError(f"model.prop must be 'pool' or 'conv', got {prop!r}")
-        self.map_conv = MaskedMapConv(band_mask, hidden_dim, hidden_dim, map_kernel, map_layers)
+        self.map_conv = MaskedMapConv(band_mask, hidden_dim, hidden_dim, map_kernel, map_layers, map_conv_plan)
         self.score = nn.Conv2d(hidden_dim, 1, 1)
         proposal_mask = torch.zeros(n * n, dtype=torch.bool)
         proposal_mask[cells] = True
@@ -171,8 +172,9 @@ class S2DTAN(nn.Module):
     def __init__(self, input_dim: int, num_clips: int = 64, frame_stride: int = 1, scales: list[int] | None = None,
                  hidden_dim: int = 512, prop: str = "pool", map_kernel: int = 5, map_layers: int = 8,
                  min_iou: float = 0.5, max_iou: float = 1.0, bias: float = 0.0, scale_weighting: str = "equal",
-                 nms: dict | None = None, max_proposals: int = 100):
+                 nms: dict | None = None, max_proposals: int = 100, map_conv_plan: str = "auto"):
         super().__init__()
+        check_plan(map_conv_plan)
         if scale_weighting not in SCALE_WEIGHTINGS:
             raise TalInputError(f"model.loss.scale_weighting must be one of {', '.join(SCALE_WEIGHTINGS)}, "
                                 f"got {scale_weighting!r}")
@@ -186,7 +188,8 @@ class S2DTAN(nn.Module):
 
         self.frame = TemporalConvPool(input_dim, hidden_dim, kernel_size=1, pool_stride=frame_stride)
         self.downsample = nn.ModuleList(nn.Conv1d(hidden_dim, hidden_dim, 2, stride=2) for _ in self.maps[1:])
-        self.heads = nn.ModuleList(ScaleHead(m, hidden_dim, prop, map_kernel, map_layers) for m in self.maps)
+        self.heads = nn.ModuleList(ScaleHead(m, hidden_dim, prop, map_kernel, map_layers, map_conv_plan)
+                                   for m in self.maps)
         self.register_buffer("proposals", torch.cat([h.segments for h in self.heads]), persistent=False)  # [P, 2]
 
     def scale_logits(self, batch: dict) -> list[torch.Tensor]:
@@ -241,7 +244,7 @@ class S2DTAN(nn.Module):
 
 
 MODEL_KEYS = {"input_dim", "num_clips", "frame_stride", "scales", "hidden_dim", "prop", "map_kernel", "map_layers",
-              "loss", "nms", "max_proposals"}
+              "map_conv_plan", "loss", "nms", "max_proposals"}
 LOSS_KEYS = {"min_iou", "max_iou", "bias", "scale_weighting"}
 SCALE_WEIGHTINGS = ("equal", "cells")
 

@@ -33,7 +33,7 @@ from torch import nn
 from tal.errors import TalInputError
 from tal.registry import MODELS, model_section
 from tal.models.layers import TemporalConvPool, iter_span_max
-from tal.models.map_conv import MaskedMapConv
+from tal.models.map_conv import MaskedMapConv, check_plan
 from tal.models.text import Vocabulary, build_text_encoder
 from tal.ops.ranked_nms import kept_moments, ranked_nms
 from tal.ops.segments import tiou
@@ -236,7 +236,7 @@ class Tan2D(nn.Module):
     def __init__(self, input_dim: int, num_clips: int = 16, frame_stride: int = 1, hidden_dim: int = 512,
                  prop: str = "pool", scale_layers: list[int] | None = None, map_kernel: int = 5, map_layers: int = 8,
                  min_iou: float = 0.5, max_iou: float = 1.0, bias: float = 0.0, text: dict | None = None,
-                 vocab: Vocabulary | list[str] | int | None = None):
+                 vocab: Vocabulary | list[str] | int | None = None, map_conv_plan: str = "auto"):
         super().__init__()
         self.num_clips, self.frame_stride = num_clips, frame_stride
         self.min_iou, self.max_iou, self.bias = min_iou, max_iou, bias
@@ -255,7 +255,7 @@ class Tan2D(nn.Module):
         self.text = build_text_encoder(text or {}, vocab)
         self.text_proj = nn.Linear(self.text.out_dim, hidden_dim)
         self.map_proj = nn.Conv2d(hidden_dim, hidden_dim, 1)
-        self.map_conv = MaskedMapConv(mask, hidden_dim, hidden_dim, map_kernel, map_layers)
+        self.map_conv = MaskedMapConv(mask, hidden_dim, hidden_dim, map_kernel, map_layers, check_plan(map_conv_plan))
         self.score = nn.Conv2d(hidden_dim, 1, 1)
 
     def logits(self, batch: dict) -> torch.Tensor:
@@ -303,7 +303,7 @@ class Tan2D(nn.Module):
 
 
 MODEL_KEYS = {"input_dim", "num_clips", "frame_stride", "hidden_dim", "prop", "scale_layers", "map_kernel",
-              "map_layers", "loss", "text"}
+              "map_layers", "map_conv_plan", "loss", "text"}
 LOSS_KEYS = {"min_iou", "max_iou", "bias"}
 
 

@@ -9,7 +9,8 @@ lengths 5-15, ground-truth IoU maps), the same for both models; the official mod
 A training step is forward, rescaled-IoU BCE, backward, gradient clipping at 10 and an Adam step (as
 the official train.py); inference is the sigmoid score map under no_grad. Both models run in one
 process, alternating step by step, so they share the machine's load; medians and ranges of `--steps`.
-Before timing, the outputs are compared: score maps and losses must agree to float tolerance.
+Before timing, the outputs are compared: score maps, raw logits (largest difference over the largest
+logit) and losses must agree to float tolerance.
 
 The official code is imported from a checkout outside the project, never vendored:
 
@@ -126,17 +127,25 @@ def build_pair(name: str, prop: str, official: Path | None, seed: int):
 
 
 def check_equal(runners: dict, inputs: dict) -> dict:
-    """Max abs difference of the score maps and of the losses (before any step changes the weights)."""
+    """Largest differences of the score maps, of the raw logits (relative to the largest logit) and the
+    losses, before any step changes the weights."""
     import torch
 
     if "official" not in runners:
         return {}
     ours, theirs = runners["tal"].infer(inputs), runners["official"].infer(inputs)
+    with torch.no_grad():
+        tal_logits = runners["tal"].model.logits(inputs)
+        prediction, mask = runners["official"].model(inputs["words"], inputs["word_mask"][..., None],
+                                                     inputs["features"])
+        official_logits = (prediction * mask)[:, 0]
     runners["tal"].model.train(), runners["official"].model.train()
     with torch.no_grad():
         loss_ours = float(runners["tal"].loss(inputs))
         loss_theirs = float(runners["official"].loss(inputs))
-    return dict(max_abs_score_diff=float((ours - theirs).abs().max()), loss_tal=loss_ours, loss_official=loss_theirs)
+    logit_diff = float((tal_logits - official_logits).abs().max() / official_logits.abs().max())
+    return dict(max_abs_score_diff=float((ours - theirs).abs().max()), max_rel_logit_diff=logit_diff,
+                loss_tal=loss_ours, loss_official=loss_theirs)
 
 
 def time_config(name: str, prop: str, args) -> dict:
@@ -171,7 +180,7 @@ def print_table(rows: list[dict], args) -> None:
     print(f"2D-TAN queries/s at paper size (hidden 512), batch {args.batch_size}, {args.threads} threads, "
           f"torch {torch.__version__}, CPU; medians of {args.steps} steps")
     header = f"{'config':<12} {'prop':<5} {'N':>4} {'map':<5} {'mode':<6} {'tal q/s':>9} {'official q/s':>13} " \
-             f"{'ratio':>6} {'max |score diff|':>17}"
+             f"{'ratio':>6} {'max |score diff|':>17} {'logit diff / max':>17}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -182,7 +191,8 @@ def print_table(rows: list[dict], args) -> None:
                   f"{mode:<6} {r[f'{mode}_tal_qps']:>9.3f} "
                   f"{'-' if official is None else f'{official:.3f}':>13} "
                   f"{ratio:>6} "
-                  f"{r.get('max_abs_score_diff', float('nan')):>17.2e}")
+                  f"{r.get('max_abs_score_diff', float('nan')):>17.2e} "
+                  f"{r.get('max_rel_logit_diff', float('nan')):>17.2e}")
 
 
 def main(argv: list[str] | None = None) -> int:
