@@ -11,6 +11,10 @@ Sections, one table each (and one JSON document with --json):
               inputs/s (forward, backward, optimiser step) and inference inputs/s, with AMP off and on
               (autocast float16 on CUDA, bfloat16 on the CPU), and peak memory (CUDA: max allocated
               since the row started; CPU: the process's peak RSS so far)
+  paper       every head at its paper size, from its benchmark config (model section, feature size,
+              batch size; PAPER below) on random inputs of that size: training and inference inputs/s
+              and peak memory, AMP off and on; with --quick only 2D-TAN on Charades-STA and A2Net on
+              THUMOS14, at batch 1
   evaluators  detection mAP (ActivityNet-style JSON, 10 tIoUs) and grounding recall on random data
   nms         hard per-class NMS and capped gaussian soft-NMS on device tensors
   loader      one training epoch from the HDF5 cache (fresh task: every video read once) of 2D-TAN and
@@ -34,6 +38,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 EXTRACT_BACKBONES = ("r2plus1d_18", "i3d")
+# row name: (benchmark config, input feature size, classes or None); batch sizes are the configs'
+PAPER = {"2dtan charades": ("configs/charades_sta/2dtan_pool.yaml", 4096, None),
+         "2dtan anet-captions": ("configs/activitynet_captions/2dtan_pool.yaml", 500, None),
+         "2dtan tacos": ("configs/tacos/2dtan_pool.yaml", 4096, None),
+         "man charades": ("configs/charades_sta/man.yaml", 4096, None),
+         "a2net thumos14": ("configs/thumos14/a2net.yaml", 2048, 20),
+         "tcn thumos14": ("configs/thumos14/tcn.yaml", 2048, 20),
+         "s3d thumos14": ("configs/thumos14/s3d.yaml", 2048, 20),
+         "bsnpp anet13": ("configs/activitynet13/bsnpp.yaml", 512, None),
+         "s2dtan anet13": ("configs/activitynet13/s2dtan.yaml", 512, None)}
+PAPER_QUICK = ("2dtan charades", "a2net thumos14")
+WORDS = 15  # words per random sentence, given to the LSTM as random word vectors
 PAPER_GROUNDING = {"2dtan": ["model.hidden_dim=512", "model.map_kernel=5", "model.map_layers=8",
                              "model.text.hidden_dim=512", "model.text.num_layers=3"],
                    "man": ["model.hidden_dim=512", "model.text.hidden_dim=512"]}
@@ -153,6 +169,100 @@ def head_row(head: str, sets: dict[str, Path], device, amp: bool, quick: bool) -
         return bench_head(head, sets, device, amp, quick)
     except RuntimeError as error:
         return dict(head=head, amp=amp, error=str(error).splitlines()[0])
+
+
+def paper_model(name: str):
+    """(model, optimizer, config) of a PAPER row; a grounding head reads given 300-d word vectors."""
+    import torch
+
+    import tal.models  # noqa: F401  (registers the heads)
+    from tal.config import load_config
+    from tal.engine.optim import build_optimizer
+    from tal.registry import MODELS
+
+    path, input_dim, num_classes = PAPER[name]
+    cfg = load_config(REPO / path)
+    model_cfg = dict(cfg["model"], input_dim=input_dim)
+    vocab = None
+    if num_classes is not None:
+        model_cfg["num_classes"] = num_classes
+    if cfg["task"] == "grounding":  # the configs name GloVe files: the LSTM gets random word vectors instead
+        text = model_cfg["text"]
+        model_cfg["text"] = {k: text[k] for k in ("encoder", "embed_dim", "hidden_dim", "num_layers", "bidirectional")
+                             if k in text}
+        vocab = 2
+    torch.manual_seed(0)
+    model = MODELS.get(model_cfg["name"])(model_cfg, vocab) if vocab else MODELS.get(model_cfg["name"])(model_cfg)
+    return model, build_optimizer(model, cfg["train"]), cfg
+
+
+def paper_batch(cfg: dict, model, batch_size: int, input_dim: int, num_classes: int | None, generator) -> dict:
+    """Random inputs of a PAPER row's size: features [B, T, D] and, for grounding, sentences and moments."""
+    import torch
+
+    from profile_heads import make_batch
+
+    if cfg["task"] == "detection":
+        return make_batch(int(cfg["dataset"]["num_steps"]), batch_size, input_dim, num_classes or 1, generator)
+    steps = model.num_clips * model.frame_stride
+    lengths = torch.randint(5, WORDS + 1, (batch_size,), generator=generator)
+    mask = torch.arange(WORDS)[None] < lengths[:, None]  # [B, L]
+    words = torch.randn(batch_size, WORDS, model.text.embed_dim, generator=generator) * mask[..., None]
+    duration = torch.rand(batch_size, generator=generator, dtype=torch.float64) * 100 + 20
+    segment = torch.rand(batch_size, 2, generator=generator, dtype=torch.float64).sort(dim=1).values * duration[:, None]
+    return dict(features=torch.randn(batch_size, steps, input_dim, generator=generator), words=words, word_mask=mask,
+                segment=segment, duration=duration)
+
+
+def bench_paper(name: str, device, amp: bool, quick: bool) -> dict:
+    """Training and inference inputs/s of one head at its paper size on random inputs, AMP off or on."""
+    import torch
+
+    print(f"paper {name}, AMP {'on' if amp else 'off'} ...", file=sys.stderr, flush=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model, optimizer, cfg = paper_model(name)
+    model.to(device)
+    _, input_dim, num_classes = PAPER[name]
+    batch_size = 1 if quick else int(cfg["train"]["batch_size"])
+    batch = paper_batch(cfg, model, batch_size, input_dim, num_classes, torch.Generator().manual_seed(0))
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else
+             [t.to(device) for t in v] if isinstance(v, list) else v for k, v in batch.items()}
+    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+
+    def train_step() -> None:
+        with torch.autocast(device.type, dtype=dtype, enabled=amp):
+            loss = model(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    def infer() -> None:
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
+            model.predict(batch)
+
+    model.train()
+    train_s = timed(train_step, device, 1 if quick else 3)
+    model.eval()
+    infer_s = timed(infer, device, 1 if quick else 3)
+    return dict(name=name, head=cfg["model"]["name"], config=PAPER[name][0], amp=amp, batch_size=batch_size,
+                params_m=sum(p.numel() for p in model.parameters()) / 1e6, train_inputs_per_s=batch_size / train_s,
+                infer_inputs_per_s=batch_size / infer_s, peak_memory_mib=peak_memory_mib(device))
+
+
+def paper_row(name: str, device, amp: bool, quick: bool) -> dict:
+    """`bench_paper`, or the row's error (out of memory on a small GPU is a finding, not a crash)."""
+    import torch
+
+    try:
+        return bench_paper(name, device, amp, quick)
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+        return dict(name=name, amp=amp, error=str(error).splitlines()[0])
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 LOADER_HEADS = ("2dtan", "a2net")
@@ -301,6 +411,14 @@ def print_tables(report: dict) -> None:
         print(f"{r['head']:<8} {r['task']:<10} {'on' if r['amp'] else 'off':<4} {r['batch_size']:>5} "
               f"{r['params_m']:>9.2f} {r['train_inputs_per_s']:>15.1f} {r['infer_s']:>8.3f} {videos:>15} "
               f"{r['peak_memory_mib']:>9.0f}")
+    print(f"\n{'paper size':<20} {'amp':<4} {'batch':>5} {'params M':>9} {'train inputs/s':>15} "
+          f"{'infer inputs/s':>15} {'peak MiB':>9}")
+    for r in report["paper"]:
+        if "error" in r:
+            print(f"{r['name']:<20} {'on' if r['amp'] else 'off':<4} failed: {r['error']}")
+            continue
+        print(f"{r['name']:<20} {'on' if r['amp'] else 'off':<4} {r['batch_size']:>5} {r['params_m']:>9.2f} "
+              f"{r['train_inputs_per_s']:>15.2f} {r['infer_inputs_per_s']:>15.2f} {r['peak_memory_mib']:>9.0f}")
     print(f"\n{'evaluator':<18} {'items':>8} {'seconds':>8}")
     for r in report["evaluators"]:
         print(f"{r['evaluator']:<18} {r['items']:>8} {r['seconds']:>8.3f}")
@@ -323,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is there")
     parser.add_argument("--quick", action="store_true", help="small sets, few repeats (about a minute on a CPU)")
     parser.add_argument("--heads", nargs="+", help="only these heads (default: every registered head)")
+    parser.add_argument("--paper", nargs="+", choices=list(PAPER),
+                        help="paper-size rows to run (default: all; with --quick: " + ", ".join(PAPER_QUICK) + ")")
     parser.add_argument("--scratch", type=Path, default=Path("/tmp/tal_device_suite"), help="generated inputs")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
     args = parser.parse_args(argv)
@@ -339,9 +459,11 @@ def main(argv: list[str] | None = None) -> int:
     args.scratch.mkdir(parents=True, exist_ok=True)
     sets = make_sets(args.scratch, args.quick)
     heads = args.heads or [h for h in MODELS.names() if (REPO / "configs" / "synthetic" / f"{h}.yaml").is_file()]
+    paper = args.paper or (PAPER_QUICK if args.quick else list(PAPER))
     report = dict(device=device.type, torch=torch.__version__, quick=args.quick,
                   device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   heads=[head_row(h, sets, device, amp, args.quick) for h in heads for amp in (False, True)],
+                  paper=[paper_row(n, device, amp, args.quick) for n in paper for amp in (False, True)],
                   evaluators=bench_evaluators(args.scratch, args.quick), nms=bench_nms(device, args.quick),
                   loader=bench_loader(sets, device, args.quick),
                   extract=bench_extract(args.scratch, device, args.quick))
