@@ -176,6 +176,21 @@ def test_hard_nms_chain_needs_many_rounds():
     assert nms(seg, sc, 0.5).tolist() == expected
 
 
+@pytest.mark.parametrize("after_rounds, budget", [(1, 16_000_000), (10**9, 16_000_000), (1, 0)])
+def test_hard_nms_rounds_and_scan_decide_alike(monkeypatch, after_rounds, budget):
+    """Rounds alone, the sequential scan after the first round, and a scan refused by its budget (rounds go
+    on) all give the reference's picks, on random clusters and on a chain that needs hundreds of rounds."""
+    import tal.ops.nms as nms_module
+
+    monkeypatch.setattr(nms_module, "SCAN_AFTER_ROUNDS", after_rounds)
+    monkeypatch.setattr(nms_module, "SCAN_BUDGET", budget)
+    cases = [random_case(seed, 300, 3) for seed in range(4)]
+    cases.append(([[i / 4, i / 4 + 10.0] for i in range(600)], [1.0 - i / 1000 for i in range(600)], [0] * 600))
+    for segments, scores, labels in cases:
+        seg, sc, lab = as_tensors(segments, scores, labels, torch.float64)
+        assert batched_nms(seg, sc, lab, 0.5, block_size=128).tolist() == ref_hard(segments, scores, labels, 0.5)
+
+
 def test_hard_nms_matches_torchvision():
     """1D tIoU equals the 2D IoU of boxes of height 1, and torchvision's compiled NMS also drops IoU > t."""
     import torchvision
