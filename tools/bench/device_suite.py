@@ -26,6 +26,7 @@ Sections, one table each (and one JSON document with --json):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -83,6 +84,32 @@ def timed(fn, device, repeats: int) -> float:
     return statistics.median(times)
 
 
+def amp_dtype(device):
+    """The autocast dtype of the AMP rows: float16 on CUDA (with a gradient scaler), bfloat16 on the CPU."""
+    import torch
+
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def training_step(model, optimizer, batches: list[dict], device, amp: bool):
+    """A step as the trainer takes it (forward and loss under autocast when `amp`, scaled backward, optimiser
+    step), one of `batches` a call in turn."""
+    import torch
+
+    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    calls = itertools.count()
+
+    def step() -> None:
+        batch = batches[next(calls) % len(batches)]
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+            loss = model(batch)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    return step
+
+
 def make_sets(scratch: Path, quick: bool) -> dict[str, Path]:
     from tal.datasets.synthetic import make_detection_set, make_grounding_set
 
@@ -126,24 +153,13 @@ def bench_head(head: str, sets: dict[str, Path], device, amp: bool, quick: bool)
     model = task.build_model().to(device)
     optimizer = build_optimizer(model, cfg["train"])
     batch_size = min(int(cfg["train"]["batch_size"]), 8 if quick else 32, task.num_train_items())
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
+    dtype = amp_dtype(device)
     generator = torch.Generator().manual_seed(0)
     batches = [task.train_batch(model, torch.randint(task.num_train_items(), (batch_size,), generator=generator)
                                 .tolist()) for _ in range(2)]
     batches = [{k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
                for b in batches]
-    state = {"i": 0}
-
-    def train_step() -> None:
-        batch = batches[state["i"] % len(batches)]
-        state["i"] += 1
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            loss = model(batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    train_step = training_step(model, optimizer, batches, device, amp)
 
     split = task.eval_split if cfg["task"] == "grounding" else "val"
 
@@ -228,16 +244,8 @@ def bench_paper(name: str, device, amp: bool, quick: bool) -> dict:
     batch = paper_batch(cfg, model, batch_size, input_dim, num_classes, torch.Generator().manual_seed(0))
     batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else
              [t.to(device) for t in v] if isinstance(v, list) else v for k, v in batch.items()}
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=amp and device.type == "cuda")
-
-    def train_step() -> None:
-        with torch.autocast(device.type, dtype=dtype, enabled=amp):
-            loss = model(batch)["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    dtype = amp_dtype(device)
+    train_step = training_step(model, optimizer, [batch], device, amp)
 
     def infer() -> None:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=amp):
