@@ -132,6 +132,43 @@ def test_soft_nms_repacked_planes_give_the_reference(monkeypatch, share):
     assert decayed.tolist() == pytest.approx([s for _, s in ref], abs=1e-6, rel=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("method", ["linear", "gaussian", "adaptive"])
+@pytest.mark.parametrize("seed", range(3))
+def test_one_group_band_scan_gives_the_row_planes(seed, method, dtype):
+    """One group runs the band scan; with a far-away second group the same segments go through the row
+    planes: same picks, same scores, bit for bit. Scores on a 1/8 grid tie often, and long segments
+    reach far back."""
+    segments, scores, _ = random_case(200 + seed, n=150, num_classes=1)
+    segments[3] = [0.0, 60.0]  # a band that spans most of the video
+    scores = [round(score * 8) / 8 + 0.01 for score in scores]
+    seg, sc, _ = as_tensors(segments, scores, [0] * len(scores), dtype)
+    options = dict(method=method, iou_threshold=0.3, sigma=0.5, width_scale=50.0)
+    for score_threshold, max_detections in ((None, None), (0.05, None), (0.05, 9)):
+        keep, decayed = soft_nms(seg, sc, None, score_threshold=score_threshold, max_detections=max_detections,
+                                 **options)
+        far_seg = torch.cat([seg, torch.tensor([[1e4, 1e4 + 1]], dtype=dtype)])
+        far_sc = torch.cat([sc, torch.tensor([1.0], dtype=dtype)])
+        labels = torch.tensor([0] * len(sc) + [1])
+        rows_keep, rows_decayed = soft_nms(far_seg, far_sc, labels, score_threshold=score_threshold,
+                                           max_detections=None if max_detections is None else max_detections + 1,
+                                           **options)
+        ours = rows_keep != len(sc)
+        assert keep.tolist() == rows_keep[ours].tolist()
+        assert torch.equal(decayed, rows_decayed[ours])
+
+
+def test_band_scan_breaks_ties_by_input_index_not_start():
+    """Equal scores: the earlier input is picked first even where it starts later, as the reference does."""
+    segments = [[4.0, 12.0], [2.0, 10.0], [3.0, 11.0], [30.0, 31.0]]
+    scores = [0.5, 0.5, 0.5, 0.5]
+    seg, sc, _ = as_tensors(segments, scores, [0] * 4, torch.float32)
+    ref = ref_soft(segments, sc.tolist(), [0] * 4, "gaussian", 0.5, 0.5, None, np.float32)
+    keep, decayed = soft_nms(seg, sc, method="gaussian", sigma=0.5)
+    assert keep.tolist() == [i for i, _ in ref] == [0, 3, 1, 2]  # 1 overlaps 0 less than 2 does
+    assert decayed.tolist() == pytest.approx([s for _, s in ref], abs=1e-7, rel=0)
+
+
 def test_hard_nms_pair_budget_splits_blocks_without_changing_the_result(monkeypatch):
     """A tiny pair budget forces dense blocks to be halved again and again."""
     import tal.ops.nms as nms_module
@@ -148,22 +185,29 @@ def test_hard_nms_pair_budget_splits_blocks_without_changing_the_result(monkeypa
 
 
 def test_soft_nms_step_tiou_is_segments_tiou():
-    from tal.ops.nms import _tiou_with_pick
+    """The per-pick tIoU of soft NMS, for row planes and for one pick's scalar bounds, is bit for bit segments.tiou."""
+    from tal.ops.nms import _tiou_to
     from tal.ops.segments import tiou
+
+    def picks_against_planes(seg, col, empty=True):
+        start, end = seg[..., 0].numpy().copy(), seg[..., 1].numpy().copy()
+        rows = np.arange(len(col))
+        return torch.from_numpy(_tiou_to(start[rows, col][:, None], end[rows, col][:, None], start, end,
+                                         end - start, empty))
 
     segments, _, _ = random_case(5, n=3 * 40, num_classes=1)
     seg = torch.tensor(segments, dtype=torch.float32).reshape(3, 40, 2) * 1.37  # off the grid
     seg[1, 5] = seg[1, 7] = torch.tensor([3.0, 3.0])  # a zero-length pick against a zero-length segment
-    col = torch.tensor([0, 5, 39])
-    expected = tiou(seg, seg[torch.arange(3), col][:, None, :])
-    planes = [seg[..., 0].numpy().copy(), seg[..., 1].numpy().copy(), (seg[..., 1] - seg[..., 0]).numpy()]
-    actual = torch.from_numpy(_tiou_with_pick(*planes, col.numpy()))
+    col = np.array([0, 5, 39])
+    expected = tiou(seg, seg[torch.arange(3), torch.from_numpy(col)][:, None, :])
+    actual = picks_against_planes(seg, col)
     assert torch.equal(actual, expected)
     assert actual[1, 7] == 0
+    start, end = seg[1, :, 0].numpy().copy(), seg[1, :, 1].numpy().copy()
+    assert torch.equal(torch.from_numpy(_tiou_to(start[5], end[5], start, end, end - start)), expected[1])
     seg[1, 5] = seg[1, 7] = torch.tensor([3.0, 3.5])  # without empty segments the union check may be skipped
-    planes = [seg[..., 0].numpy().copy(), seg[..., 1].numpy().copy(), (seg[..., 1] - seg[..., 0]).numpy()]
-    expected = tiou(seg, seg[torch.arange(3), col][:, None, :])
-    assert torch.equal(torch.from_numpy(_tiou_with_pick(*planes, col.numpy(), empty=False)), expected)
+    expected = tiou(seg, seg[torch.arange(3), torch.from_numpy(col)][:, None, :])
+    assert torch.equal(picks_against_planes(seg, col, empty=False), expected)
 
 
 def test_hard_nms_chain_needs_many_rounds():

@@ -446,12 +446,35 @@ def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, m
               ) -> tuple[Tensor, Tensor]:
     """Soft NMS of the candidates `order` within groups -> (kept indices [K], decayed scores [K]), best first.
 
+    One group (class-agnostic, or one class) picks one at a time over bands of overlapping segments
+    (`_soft_nms_scan`); several groups pick one per group a step on [groups, members] planes
+    (`_soft_nms_steps`). Both give the same picks and bit-identical scores.
     adaptive: (high_threshold, width_scale) of the "adaptive" method."""
     device = scores.device
     if not len(order):
         return order, scores[:0]
-    # one row per group, candidates by input index so that argmax ties pick the earliest input
+    # candidates by input index, so that ties pick the earliest input
     index = order.sort().values  # [N']
+    steps = len(index) if max_detections is None else min(len(index), max_detections)
+    if bool((groups[index] == groups[index[0]]).all()):
+        sweep, count = _overlap_runs(segments[index], groups[index])  # [N'] start order, partners after each
+        index = index[sweep]
+        picked, picked_score = _soft_nms_scan(
+            *(t.cpu().numpy() for t in (segments[index, 0], segments[index, 1], scores[index], index, count)),
+            steps, method, iou_threshold, sigma, score_threshold, adaptive)
+        return _best_first(torch.from_numpy(picked).to(device), torch.from_numpy(picked_score).to(device),
+                           max_detections)
+    picked, picked_score = _soft_nms_planes(segments, scores, groups, index, steps, method, iou_threshold, sigma,
+                                            score_threshold, max_detections, adaptive)
+    return _best_first(picked, picked_score, max_detections)
+
+
+def _soft_nms_planes(segments: Tensor, scores: Tensor, groups: Tensor, index: Tensor, steps: int, method: str,
+                     iou_threshold: float, sigma: float, score_threshold: float | None, max_detections: int | None,
+                     adaptive: tuple[float, float | None]) -> tuple[Tensor, Tensor]:
+    """Soft NMS of the candidates `index` (input order), one row per group (`_soft_nms_steps`) -> picked
+    input indices [K] and their scores [K], in no particular order."""
+    device = index.device
     _, dense = torch.unique(groups[index], return_inverse=True)  # [N'] row of each candidate
     by_row = torch.sort(dense, stable=True).indices
     index, dense = index[by_row], dense[by_row]
@@ -470,19 +493,63 @@ def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, m
     current[dense, col] = scores[index]
     gone = current == -math.inf  # [G, M] picked, dropped or padding
 
-    steps = width if max_detections is None else min(width, max_detections)
     picked, picked_score = _soft_nms_steps(
-        *(t.cpu().numpy() for t in (start, end, length, current, gone, member)), steps, method, iou_threshold,
-        sigma, score_threshold, max_detections, adaptive)
+        *(t.cpu().numpy() for t in (start, end, length, current, gone, member)), min(width, steps), method,
+        iou_threshold, sigma, score_threshold, max_detections, adaptive)
     picked, picked_score = torch.from_numpy(picked).to(device), torch.from_numpy(picked_score).to(device)
     found = picked >= 0
-    keep, kept_scores = picked[found], picked_score[found]  # [K]
+    return picked[found], picked_score[found]
+
+
+def _best_first(keep: Tensor, kept_scores: Tensor, max_detections: int | None) -> tuple[Tensor, Tensor]:
+    """Picks [K] and their scores [K] -> highest score first, ties by input index, at most max_detections."""
     by_index = keep.sort().indices
     keep, kept_scores = keep[by_index], kept_scores[by_index]
     best_first = torch.sort(kept_scores, descending=True, stable=True).indices
     if max_detections is not None:
         best_first = best_first[:max_detections]
     return keep[best_first], kept_scores[best_first]
+
+
+def _soft_nms_scan(start: np.ndarray, end: np.ndarray, current: np.ndarray, member: np.ndarray, count: np.ndarray,
+                   steps: int, method: str, iou_threshold: float, sigma: float, score_threshold: float | None,
+                   adaptive: tuple[float, float | None]) -> tuple[np.ndarray, np.ndarray]:
+    """The sequential picks of soft NMS for one group -> (picked input index [S], their scores [S]).
+
+    The segments come in start order, and segment i overlaps only segments of the band
+    lo[i] .. i + count[i] (count: the partners that start inside it, from `_overlap_runs`; lo: the
+    first segment whose run reaches i). A pick therefore costs a dozen ops over its band and one argmax,
+    instead of a pass of the row planes; scores outside the band are multiplied by exactly 1 there.
+    """
+    length = end - start
+    empty = bool((length == 0).any())  # a union is 0 only between two empty segments
+    decay = current.dtype.type(-1.0 / sigma)
+    gone = current.dtype.type(-np.inf)
+    position = np.arange(len(current))
+    hi = position + count + 1  # [N] exclusive band end
+    lo = np.searchsorted(np.maximum.accumulate(hi - 1), position, side="left")  # [N] band start
+    lo, hi = lo.tolist(), hi.tolist()
+    picked, picked_score = [], []
+    with np.errstate(invalid="ignore"):
+        for _ in range(steps):
+            i = int(current.argmax())
+            best = current[i]
+            if best == gone:
+                break
+            if np.count_nonzero(current == best) > 1:  # ties go to the earliest input, as in the planes
+                tied = np.flatnonzero(current == best)
+                i = int(tied[member[tied].argmin()])
+            picked.append(member[i])
+            picked_score.append(best)
+            current[i] = gone
+            band = slice(lo[i], hi[i])
+            scores = current[band]  # a view: updated in place
+            overlap = _tiou_to(start[i], end[i], start[band], end[band], length[band], empty)
+            weight = _soft_weight(overlap, length[i], method, iou_threshold, decay, adaptive)
+            np.multiply(scores, weight.astype(current.dtype, copy=False), out=scores, where=scores > gone)
+            if score_threshold is not None:
+                np.copyto(scores, gone, where=scores < score_threshold)
+    return np.array(picked, dtype=np.int64), np.array(picked_score, dtype=current.dtype)
 
 
 # Re-pack the planes (drop the columns every row is done with) once the widest row has this share of its
@@ -518,15 +585,8 @@ def _soft_nms_steps(start: np.ndarray, end: np.ndarray, length: np.ndarray, curr
             picked[step] = np.where(active, member[row_ids, col], -1)
             picked_score[step] = best
             gone[row_ids, col] = True
-            overlap = _tiou_with_pick(start, end, length, col, empty)
-            if method == "linear":
-                weight = np.where(overlap.astype(np.float64) > iou_threshold, 1 - overlap, 1)  # as `_above`
-            elif method == "adaptive":
-                high, scale = adaptive
-                limit = iou_threshold + (high - iou_threshold) * length[row_ids, col] / scale  # [G]
-                weight = np.where(overlap > limit[:, None], np.exp(overlap * overlap * decay), 1)
-            else:
-                weight = np.exp(np.square(overlap) * decay)
+            overlap = _tiou_to(start[row_ids, col][:, None], end[row_ids, col][:, None], start, end, length, empty)
+            weight = _soft_weight(overlap, length[row_ids, col][:, None], method, iou_threshold, decay, adaptive)
             current *= weight.astype(current.dtype, copy=False)  # -inf * 0 on a gone cell: cleared below
             if score_threshold is not None:
                 gone |= current < score_threshold
@@ -544,22 +604,33 @@ def _soft_nms_steps(start: np.ndarray, end: np.ndarray, length: np.ndarray, curr
     return picked, picked_score
 
 
-def _tiou_with_pick(start: np.ndarray, end: np.ndarray, length: np.ndarray, col: np.ndarray,
-                    empty: bool = True) -> np.ndarray:
-    """tIoU of every segment of a row with the row's pick at `col`: [G, M] x [G] -> [G, M].
+def _tiou_to(pick_start: np.ndarray, pick_end: np.ndarray, start: np.ndarray, end: np.ndarray,
+             length: np.ndarray, empty: bool = True) -> np.ndarray:
+    """tIoU of segments (start, end, length = end - start) with picks (pick_start, pick_end), broadcast.
 
     The arithmetic of `tal.ops.segments.tiou`, operation for operation (so bit-identical, 0 where the
-    union is 0), on cached start/end/length planes: the soft-NMS step runs it once per selection.
+    union is 0), on cached lengths: soft NMS runs it once per pick.
     empty=False: no segment has zero length, so no union is 0 and that check is skipped.
     """
-    row_ids = np.arange(len(col))
-    pick_start, pick_end = start[row_ids, col][:, None], end[row_ids, col][:, None]  # [G, 1]
     inter = np.minimum(end, pick_end) - np.maximum(start, pick_start)
     np.maximum(inter, 0, out=inter)
     union = (pick_end - pick_start) + length - inter
     if empty:
         np.copyto(union, 1, where=union == 0)
     return inter / union
+
+
+def _soft_weight(overlap: np.ndarray, pick_length: np.ndarray, method: str, iou_threshold: float,
+                 decay: np.floating, adaptive: tuple[float, float | None]) -> np.ndarray:
+    """Soft NMS's factors for segments at tIoU `overlap` with a pick of width `pick_length` (broadcast);
+    decay = -1 / sigma."""
+    if method == "linear":
+        return np.where(overlap.astype(np.float64) > iou_threshold, 1 - overlap, 1)  # as `_above`
+    if method == "adaptive":
+        high, scale = adaptive
+        limit = iou_threshold + (high - iou_threshold) * pick_length / scale
+        return np.where(overlap > limit, np.exp(overlap * overlap * decay), 1)
+    return np.exp(np.square(overlap) * decay)
 
 
 # ---------------------------------------------------------------------------------------------------
