@@ -235,6 +235,27 @@ def test_hard_nms_rounds_and_scan_decide_alike(monkeypatch, after_rounds, budget
         assert batched_nms(seg, sc, lab, 0.5, block_size=128).tolist() == ref_hard(segments, scores, labels, 0.5)
 
 
+def test_uncapped_hard_nms_decides_up_to_one_block_at_once(monkeypatch):
+    """Uncapped, up to ONE_BLOCK candidates are decided in one block (no cross pairs between blocks);
+    capped, and above ONE_BLOCK, blocks start at DEFAULT_BLOCK_SIZE. Same picks either way."""
+    import tal.ops.nms as nms_module
+
+    calls = []
+    cross_pairs = nms_module._cross_pairs
+    monkeypatch.setattr(nms_module, "_cross_pairs", lambda *args: calls.append(len(args[0])) or cross_pairs(*args))
+    monkeypatch.setattr(nms_module, "DEFAULT_BLOCK_SIZE", 64)
+    monkeypatch.setattr(nms_module, "ONE_BLOCK", 200)
+    segments, scores, labels = random_case(21, 200, 3)
+    seg, sc, lab = as_tensors(segments, scores, labels, torch.float64)
+    expected = ref_hard(segments, scores, labels, 0.5)
+    assert batched_nms(seg, sc, lab, 0.5).tolist() == expected and calls == []
+    assert batched_nms(seg, sc, lab, 0.5, max_detections=len(sc)).tolist() == expected and len(calls) == 2
+    calls.clear()
+    more = random_case(22, 201, 3)
+    seg, sc, lab = as_tensors(*more, torch.float64)
+    assert batched_nms(seg, sc, lab, 0.5).tolist() == ref_hard(*more, 0.5) and len(calls) == 2
+
+
 def test_hard_nms_matches_torchvision():
     """1D tIoU equals the 2D IoU of boxes of height 1, and torchvision's compiled NMS also drops IoU > t."""
     import torchvision
