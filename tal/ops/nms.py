@@ -51,8 +51,8 @@ SOFT_METHODS = ("linear", "gaussian", "adaptive")
 VOTING_WEIGHTS = ("score-tiou", "score")
 # Candidates in the first block of hard NMS; each next block is twice as big. Uncapped, up to
 # ONE_BLOCK candidates go in a single block instead, which skips the cross pairs between the first two
-# blocks: 2,000 segments in 20 classes 1.5 / 2.6 / 2.5 ms (uniform, clustered, chain) instead of
-# 3.1 / 3.4 / 3.5 ms. Larger single blocks lose: at 10,000 a first block of 4,096 took 18 / 52 ms on
+# blocks: 2,000 segments in 20 classes 1.5 / 2.7 / 2.5 ms (uniform, clustered, chain) instead of
+# 3.2 / 3.4 / 3.4 ms. Larger single blocks lose: at 10,000 a first block of 4,096 took 18 / 52 ms on
 # the clustered and chain inputs instead of 13 / 21 ms (denser pair sets, and the scan of `_greedy_rounds`
 # is quadratic in the block).
 DEFAULT_BLOCK_SIZE = 1024
