@@ -468,8 +468,9 @@ def _soft_nms(segments: Tensor, scores: Tensor, groups: Tensor, order: Tensor, m
     # candidates by input index, so that ties pick the earliest input
     index = order.sort().values  # [N']
     steps = len(index) if max_detections is None else min(len(index), max_detections)
-    if bool((groups[index] == groups[index[0]]).all()):
-        sweep, count = _overlap_runs(segments[index], groups[index])  # [N'] start order, partners after each
+    candidate_groups = groups[index]
+    if bool((candidate_groups == candidate_groups[0]).all()):
+        sweep, count = _overlap_runs(segments[index], candidate_groups)  # [N'] start order, partners after each
         index = index[sweep]
         picked, picked_score = _soft_nms_scan(
             *(t.cpu().numpy() for t in (segments[index, 0], segments[index, 1], scores[index], index, count)),
@@ -603,7 +604,7 @@ def _soft_nms_steps(start: np.ndarray, end: np.ndarray, length: np.ndarray, curr
             if score_threshold is not None:
                 gone |= current < score_threshold
             np.copyto(current, -np.inf, where=gone)  # also clears -inf * 0 = NaN
-            if max_detections is not None and rows > 1:
+            if max_detections is not None:
                 # later picks score <= anything still waiting, so stop once enough picks beat all of it
                 if int((picked_score[:step + 1] > current.max()).sum()) >= max_detections:
                     break
