@@ -206,3 +206,28 @@ def test_torchrun_two_processes(eight_videos, reference, tmp_path):
     assert f"{out}: 8 videos (8 new, 0 already done)" in run.stderr
     assert _dump(out) == _dump(reference)
     assert not (tmp_path / "dist.h5.parts").exists()
+
+
+FORKED_AFTER_PYAV_CONVERSION = """
+import sys
+import av
+from tal.cli.main import main
+
+with av.open(sys.argv[1]) as container:  # PyAV's own per-thread reformatter, used before the workers fork
+    next(container.decode(video=0)).to_ndarray(format="rgb24")
+sys.exit(main(["extract-features", sys.argv[1], "--backbone", "handcrafted", "--out", sys.argv[2],
+               "--workers", "2", "--no-progress"]))
+"""
+
+
+def test_workers_forked_after_a_pyav_conversion_do_not_hang(sample_videos, tmp_path):
+    """A process that converted a frame with PyAV's shared reformatter, then forks extraction workers:
+    with PyAV >= 18.1.1 a worker reusing that reformatter waited forever for swscale threads that only the
+    parent had; the reader's own reformatter lets the run end."""
+    video = next(p for p in sample_videos if p.stem == "carphone_pristine")
+    out = tmp_path / "features.h5"
+    run = subprocess.run([PYTHON, "-c", FORKED_AFTER_PYAV_CONVERSION, str(video), str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    with h5py.File(out) as features:
+        assert list(features) == ["carphone_pristine"]

@@ -157,6 +157,11 @@ class _PyAVReader(VideoReader):
 
         self._av = av
         self._path = path
+        # RGB conversion through a reformatter of this reader's own. PyAV >= 18.1.1 otherwise shares one per
+        # thread (a threading.local), and a process forked after using it (extraction's DataLoader workers)
+        # inherits its swscale context without the context's slice threads: the first conversion there frees
+        # those threads and waits forever for them to end.
+        self._reformatter = av.video.reformatter.VideoReformatter()
         try:
             self._container = av.open(str(path))
         except av.FFmpegError as exc:
@@ -297,7 +302,7 @@ class _PyAVReader(VideoReader):
                 for frame in self._decoded:
                     self._last = self._frame_index(frame)
                     if self._last == index:
-                        return frame.to_ndarray(format="rgb24")
+                        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
                     if self._last > index:
                         break
             except self._av.FFmpegError as exc:
